@@ -1,0 +1,294 @@
+"""Lean attention capture on a Stable Diffusion U-Net (ldm for SD1/SD2, sgm for SDXL).
+
+The WebUIs replace ``CrossAttention.forward`` with fused kernels (sdp, xformers, split ...) that never form
+attention probabilities, so the probabilities are recomputed here from each module's own ``to_q``/``to_k``,
+in a forward hook that fires whatever forward is installed. Only what the method uses is computed:
+
+* only the transformer blocks at latent/4 and latent/8 of the actual latent of each call;
+* only the batch rows whose maps are needed (the cond rows; the uncond rows only for the foreground when
+  that is taken from them, and then reduced to two channels first);
+* heads averaged at once, in head chunks under a memory budget;
+* streaming: a block's self map is kept only until its cross map arrives, then both are folded into a
+  per-row running average (``MaskAccumulator``), so memory does not grow with layers or steps.
+
+Which U-Net rows belong to which image is explicit (``Cond``/``Uncond`` roles), because a step may span
+several U-Net calls, AND prompts give several cond rows per image and the uncond rows may be missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from . import masks as M
+
+CHUNK_TOKENS = 77  # CLIP context chunk: A1111/Forge concatenate 77-token chunks, each with its own SOT
+_PROB_BUDGET_BYTES = 256 * 2**20  # head-chunk size for recomputing probabilities
+
+
+@dataclass(frozen=True)
+class Cond:
+    """A cond row: image ``image``'s ``index``-th sub-prompt (``AND``)."""
+
+    image: int
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class Uncond:
+    """The uncond (negative prompt) row of image ``image``."""
+
+    image: int
+
+
+Role = Cond | Uncond
+
+
+@dataclass
+class AttentionLayer:
+    """A transformer block to capture: its self- and cross-attention modules and its downsampling factor."""
+
+    name: str
+    attn1: torch.nn.Module
+    attn2: torch.nn.Module
+    factor: int
+
+
+def _has_class(module: torch.nn.Module, name: str) -> bool:
+    return any(type(m).__name__ == name for m in module.modules())
+
+
+def find_attention_layers(unet: torch.nn.Module, factors: Sequence[int] = (4, 8)) -> list[AttentionLayer]:
+    """Transformer blocks of an ldm/sgm ``UNetModel`` at the given downsampling factors.
+
+    The factor is read off the architecture (a ``Downsample`` doubles it, an ``Upsample`` halves it), not
+    off tensor sizes, so a U-Net whose internal sizes another extension changes (Kohya deep shrink) shows
+    up as a shape mismatch instead of silently wrong maps. SD1/SD2: five latent/4 blocks and the latent/8
+    middle block; SDXL: its latent/4 blocks only (it has no latent/8 attention).
+    """
+    found: list[AttentionLayer] = []
+
+    def collect(block: torch.nn.Module, prefix: str, factor: int) -> None:
+        if factor not in factors:
+            return
+        for name, m in block.named_modules():
+            if hasattr(m, "attn1") and hasattr(m, "attn2"):
+                found.append(AttentionLayer(f"{prefix}.{name}", m.attn1, m.attn2, factor))
+
+    factor = 1
+    for i, block in enumerate(unet.input_blocks):
+        collect(block, f"input_blocks.{i}", factor)
+        if _has_class(block, "Downsample"):
+            factor *= 2
+    collect(unet.middle_block, "middle_block", factor)
+    for i, block in enumerate(unet.output_blocks):
+        collect(block, f"output_blocks.{i}", factor)
+        if _has_class(block, "Upsample"):
+            factor //= 2
+    return found
+
+
+def level_size(latent_size: Sequence[int], factor: int) -> tuple[int, int]:
+    """Feature-map size at ``factor`` (each stride-2 step rounds up)."""
+    return math.ceil(latent_size[0] / factor), math.ceil(latent_size[1] / factor)
+
+
+@torch.no_grad()
+def attention_probs(module: torch.nn.Module, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    """Head-averaged ``softmax(q k^T * scale)`` of an attention module, ``(B, N, K)`` float32.
+
+    Recomputed from ``module.to_q``/``module.to_k`` exactly as ldm's ``CrossAttention.forward`` does, with
+    the heads processed in chunks so the peak stays under a fixed budget at any resolution.
+    """
+    context = x if context is None else context
+    heads = module.heads
+    q = module.to_q(x)
+    k = module.to_k(context)
+    b, n, inner = q.shape
+    d = inner // heads
+    scale = getattr(module, "scale", d**-0.5)
+    q = q.reshape(b, n, heads, d).transpose(1, 2).float()
+    k = k.reshape(b, k.shape[1], heads, d).transpose(1, 2).float()
+    per_head = b * n * k.shape[2] * 4
+    step = max(1, min(heads, _PROB_BUDGET_BYTES // max(per_head, 1)))
+    total = None
+    for h0 in range(0, heads, step):
+        p = (torch.matmul(q[:, h0:h0 + step], k[:, h0:h0 + step].transpose(-1, -2)) * scale).softmax(-1).sum(1)
+        total = p if total is None else total + p
+    return total / heads
+
+
+class ShapeMismatch(RuntimeError):
+    """Attention maps whose size does not fit the latent (e.g. another extension resized the U-Net's
+    internal features). The step falls back to plain CFG."""
+
+
+class AttentionCapture:
+    """Hooks on a U-Net that turn each denoising step's attention into per-row region masks.
+
+    Use as a context manager (``with capture.attached(unet):``) so that every hook is removed when the block
+    exits, also on an exception. Per step: ``plan_step(roles)`` with the role of every U-Net row of this
+    step in call order, then run the U-Net (one or several calls), then ``masks(latent_size)``.
+    """
+
+    def __init__(self, refine: str = "official", foreground: str = "cond") -> None:
+        if refine not in M.REFINE_MODES:
+            raise ValueError(f"refine must be one of {M.REFINE_MODES}, got {refine!r}")
+        if foreground not in ("cond", "uncond"):
+            raise ValueError(f"foreground must be 'cond' or 'uncond', got {foreground!r}")
+        self.refine = refine
+        self.foreground = foreground
+        self.layers: list[AttentionLayer] = []
+        self._handles: list = []
+        self._plan: list[Role] = []
+        self._cursor = 0
+        self._call_roles: list[Role | None] = []
+        self._latent: tuple[int, int] | None = None
+        self._pending: dict[int, torch.Tensor] = {}
+        self._acc: dict[Role, M.MaskAccumulator] = {}
+        self.error: str | None = None  # why this step's maps are unusable, if they are
+
+    # -- hooks -------------------------------------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    @contextmanager
+    def attach(self, unet: torch.nn.Module) -> Iterator[AttentionCapture]:
+        """Attach hooks to ``unet`` for the duration of the block."""
+        self.detach()
+        try:
+            self.layers = find_attention_layers(unet)
+            self._handles.append(unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True))
+            for i, layer in enumerate(self.layers):
+                self._handles.append(layer.attn1.register_forward_hook(self._self_hook(i), with_kwargs=True))
+                self._handles.append(layer.attn2.register_forward_hook(self._cross_hook(i), with_kwargs=True))
+            yield self
+        finally:
+            self.detach()
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._pending.clear()
+        self._plan = []
+
+    # -- per step -----------------------------------------------------------------------------------------
+    def plan_step(self, roles: Sequence[Role | None]) -> None:
+        """Start a step whose U-Net rows, across all its calls in order, have these roles (``None`` = a row
+        whose maps are not needed). An empty plan captures nothing."""
+        self._plan = list(roles)
+        self._cursor = 0
+        self._acc = {}
+        self._pending.clear()
+        self.error = None
+
+    def plan_call(self, roles: Sequence[Role | None]) -> None:
+        """Give the roles of the next U-Net call explicitly (for backends that know them per call)."""
+        self._plan = self._plan[: self._cursor] + list(roles) + self._plan[self._cursor :]
+
+    def _needed(self, role: Role | None) -> bool:
+        return isinstance(role, Cond) or (isinstance(role, Uncond) and self.foreground == "uncond")
+
+    def _on_unet_call(self, module, args, kwargs):
+        x = args[0] if args else kwargs.get("x")
+        n = x.shape[0]
+        roles = self._plan[self._cursor : self._cursor + n]
+        self._cursor += n
+        roles += [None] * (n - len(roles))
+        self._call_roles = roles
+        self._latent = tuple(x.shape[-2:])
+        self._pending.clear()
+
+    def _rows(self) -> list[int]:
+        return [i for i, r in enumerate(self._call_roles) if self._needed(r)]
+
+    def _check(self, layer: AttentionLayer, n: int) -> tuple[int, int] | None:
+        h, w = level_size(self._latent, layer.factor)
+        if n != h * w:
+            self.error = (
+                f"attention map of {n} positions in {layer.name} does not fit a {h}x{w} grid "
+                f"for a {self._latent[0]}x{self._latent[1]} latent"
+            )
+            return None
+        return h, w
+
+    def _self_hook(self, i: int):
+        layer_index = i
+
+        def hook(module, args, kwargs, output):
+            rows = self._rows()
+            if not rows or self.error:
+                return
+            x = args[0]
+            if self._check(self.layers[layer_index], x.shape[1]) is None:
+                return
+            xr = x[rows]
+            self._pending[layer_index] = attention_probs(module, xr)
+
+        return hook
+
+    def _cross_hook(self, i: int):
+        layer_index = i
+
+        def hook(module, args, kwargs, output):
+            self_attn = self._pending.pop(layer_index, None)
+            rows = self._rows()
+            if self_attn is None or not rows or self.error:
+                return
+            layer = self.layers[layer_index]
+            x = args[0]
+            context = kwargs.get("context", args[1] if len(args) > 1 else None)
+            hw = self._check(layer, x.shape[1])
+            if hw is None:
+                return
+            with torch.no_grad():
+                self._fold(self_attn, attention_probs(module, x[rows], None if context is None else context[rows]),
+                           rows, hw)
+
+        return hook
+
+    def _fold(self, self_attn: torch.Tensor, cross: torch.Tensor, rows: list[int], hw: tuple[int, int]) -> None:
+        grid = M.grid_size(self._latent)
+        tokens = cross.shape[-1]
+        background = M.background_mask(tokens, M.chunk_starts(tokens, CHUNK_TOKENS), cross.device)
+        roles = [self._call_roles[r] for r in rows]
+        full = [j for j, role in enumerate(roles) if isinstance(role, Cond)]
+        pair = [j for j, role in enumerate(roles) if isinstance(role, Uncond)]
+        if full:
+            maps = M.layer_maps(self_attn[full], cross[full], hw, grid, self.refine)
+            for k, j in enumerate(full):
+                self._acc.setdefault(roles[j], M.MaskAccumulator()).add_tokens(maps[k : k + 1], background)
+        if pair:
+            # uncond rows only feed the foreground: reduce to [background, rest] before the linear layer work
+            reduced = M.reduce_to_pair(cross[pair], background)
+            maps = M.layer_maps(self_attn[pair], reduced, hw, grid, self.refine)
+            for k, j in enumerate(pair):
+                self._acc.setdefault(roles[j], M.MaskAccumulator()).add_pair(maps[k : k + 1])
+
+    # -- results ------------------------------------------------------------------------------------------
+    def masks(self, latent_size: Sequence[int] | None = None) -> dict[Cond, tuple[torch.Tensor, torch.Tensor]]:
+        """``{Cond(i, j): (regions (1, T, H, W), foreground (1, 1, H, W))}`` for every cond row captured in
+        full this step. The foreground comes from the image's uncond row when so configured, else (or when
+        that row is missing this step) from the cond row itself. Empty if the step's maps are unusable."""
+        if self.error or self._latent is None:
+            return {}
+        size = tuple(latent_size) if latent_size is not None else self._latent
+        expected = len(self.layers)
+        complete = {role: acc for role, acc in self._acc.items() if acc.layers == expected}
+        out: dict[Cond, tuple[torch.Tensor, torch.Tensor]] = {}
+        for role, acc in complete.items():
+            if not isinstance(role, Cond):
+                continue
+            source = complete.get(Uncond(role.image)) if self.foreground == "uncond" else None
+            source = source or acc
+            out[role] = (
+                M.regions_from_tokens(acc.tokens, acc.layers, size),
+                M.foreground_from_pair(source.pair, source.layers, size),
+            )
+        return out

@@ -1,0 +1,118 @@
+"""Denoiser-level combination: plain CFG, or S-CFG with the maps captured during this step.
+
+Backend-neutral: a WebUI glue module turns its batch layout into ``uncond`` (one row per image) and
+``conds`` (per image, a list of ``(cond output, weight)``: one entry per ``AND`` sub-prompt) and calls
+``ScfgRun.combine``. Works in any output space (eps, x0, v): the rate is invariant to a positive factor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from .capture import AttentionCapture, Cond, Role
+from .masks import guidance_rate
+from .settings import Settings
+
+log = logging.getLogger("scfg")
+
+CondList = Sequence[Sequence[tuple[torch.Tensor, float]]]
+
+
+def plain_cfg(uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> torch.Tensor:
+    """Plain (composable) CFG with A1111's ``combine_denoised`` arithmetic, operation for operation, so the
+    result is bit-identical to the WebUI's."""
+    denoised = torch.clone(uncond)
+    for i, image_conds in enumerate(conds):
+        for cond, weight in image_conds:
+            denoised[i] += (cond - uncond[i]) * (weight * cfg_scale)
+    return denoised
+
+
+@dataclass
+class StepMaps:
+    """What S-CFG used at one step, for display (regions, foreground and rate per cond row)."""
+
+    regions: dict[Cond, torch.Tensor]
+    foreground: dict[Cond, torch.Tensor]
+    rate: dict[Cond, torch.Tensor]
+
+
+class ScfgRun:
+    """S-CFG for one sampling run on one U-Net.
+
+    ``with run.attached(unet):`` hooks the U-Net for the duration of the block (always removed, also on an
+    exception); per denoiser call: ``begin_step(roles, progress)`` before the U-Net calls, ``combine(...)``
+    after them. ``warn`` receives each distinct problem once (default: the ``scfg`` logger).
+    """
+
+    def __init__(self, settings: Settings, warn: Callable[[str], None] | None = None, keep_maps: bool = False):
+        self.settings = settings
+        self.capture = AttentionCapture(settings.refine, settings.foreground)
+        self._warn = warn or log.warning
+        self._warned: set[str] = set()
+        self.keep_maps = keep_maps
+        self.last_maps: StepMaps | None = None
+        self.active = False
+        self.steps_applied = 0
+
+    @contextmanager
+    def attached(self, unet: torch.nn.Module) -> Iterator[ScfgRun]:
+        with self.capture.attach(unet):
+            yield self
+
+    def warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            self._warn(message)
+
+    def begin_step(self, roles: Sequence[Role | None], progress: float) -> bool:
+        """Declare the rows of the coming U-Net calls; capture runs only inside the active range."""
+        self.active = self.settings.active_at(progress) and self.capture.attached
+        self.capture.plan_step(roles if self.active else [])
+        return self.active
+
+    def combine(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> torch.Tensor:
+        """S-CFG combination of this step; exactly ``plain_cfg`` when inactive or when no usable maps."""
+        if not self.active:
+            return plain_cfg(uncond, conds, cfg_scale)
+        self.active = False
+        if self.capture.error:
+            self.warn_once(f"S-CFG skipped a step: {self.capture.error}")
+        maps = self.capture.masks(uncond.shape[-2:])
+        if not maps:
+            return plain_cfg(uncond, conds, cfg_scale)
+        s = self.settings
+        denoised = torch.clone(uncond)
+        kept = StepMaps({}, {}, {}) if self.keep_maps else None
+        applied = False
+        for i, image_conds in enumerate(conds):
+            for j, (cond, weight) in enumerate(image_conds):
+                delta = cond - uncond[i]
+                found = maps.get(Cond(i, j))
+                rate = None
+                if found is not None:
+                    regions, foreground = found
+                    rate = guidance_rate(delta[None], regions, foreground, cfg_scale, min_rate=s.min_rate,
+                                         max_rate=s.max_rate, max_scale=s.max_scale)[0]
+                    if not torch.isfinite(rate).all():
+                        self.warn_once("S-CFG computed a non-finite rate map; that step used plain CFG")
+                        rate = None
+                if rate is None:
+                    denoised[i] += delta * (weight * cfg_scale)
+                    continue
+                applied = True
+                denoised[i] += delta * (rate.to(delta.dtype) * (weight * cfg_scale))
+                if kept is not None:
+                    kept.regions[Cond(i, j)] = regions[0]
+                    kept.foreground[Cond(i, j)] = foreground[0]
+                    kept.rate[Cond(i, j)] = rate
+        if applied:
+            self.steps_applied += 1
+            if kept is not None:
+                self.last_maps = kept
+        return denoised

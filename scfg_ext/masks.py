@@ -1,0 +1,236 @@
+"""The S-CFG math: semantic region masks from attention maps and the per-region guidance rate.
+
+Pure torch, no WebUI imports. Every step follows the official code (SmilesDZgk/S-CFG, ``sd/``),
+see ``../shared/docs/algorithm.md`` §2; deviations are deliberate and named where they happen.
+
+Shapes: ``B`` rows (images), ``T`` token positions, ``N = h*w`` attention positions of one layer,
+``(gh, gw)`` the segmentation grid (latent / 4), ``(H, W)`` the latent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+REFINE_MODES = ("official", "paper", "none")
+_EPS = 1e-8  # the official code's epsilon (spatial normalisation, region means, ratios)
+
+
+def _gaussian_kernel_1d() -> list[float]:
+    # Attend-and-Excite's GaussianSmoothing(kernel_size=3, sigma=0.5), as the official code uses it:
+    # exp(-((x - mu) / (2 sigma))^2), so the effective variance is 2 sigma^2. Weights [0.2119, 0.5761, 0.2119].
+    sigma, mean = 0.5, 1.0
+    w = [math.exp(-(((x - mean) / (2 * sigma)) ** 2)) for x in range(3)]
+    return [v / sum(w) for v in w]
+
+
+GAUSSIAN_1D = _gaussian_kernel_1d()
+
+
+def gaussian_kernel(device=None) -> torch.Tensor:
+    """The 3x3 smoothing kernel (outer product of ``GAUSSIAN_1D``), float32."""
+    k = torch.tensor(GAUSSIAN_1D, dtype=torch.float32, device=device)
+    return torch.outer(k, k)
+
+
+def gaussian_smooth(maps: torch.Tensor) -> torch.Tensor:
+    """3x3 Gaussian (sigma 0.5) on every channel of ``(B, C, h, w)``, reflect padding, computed in float32."""
+    b, c, h, w = maps.shape
+    x = maps.float().reshape(b * c, 1, h, w)
+    # reflect needs at least 2 cells per side; a 1-cell side is constant along it, so replicate is the same thing
+    mode = "reflect" if min(h, w) >= 2 else "replicate"
+    x = F.pad(x, (1, 1, 1, 1), mode=mode)
+    x = F.conv2d(x, gaussian_kernel(x.device)[None, None])
+    return x.reshape(b, c, h, w)
+
+
+def refine_cross(self_attn: torch.Tensor, cross: torch.Tensor, mode: str = "official") -> torch.Tensor:
+    """Propagate token evidence along self-attention ("SSGC"); both inputs row-stochastic.
+
+    ``official``: ((S + 3 S^2) / 4) C, what the official loop computes; ``paper``: mean of S^1..S^4 applied
+    to C; ``none``: C. S^k is never formed: only matrix-times-(N x T) products, so the cost is O(N^2 T).
+    """
+    if mode == "none":
+        return cross
+    sc = torch.bmm(self_attn, cross)
+    if mode == "official":
+        return (sc + 3 * torch.bmm(self_attn, sc)) / 4
+    if mode == "paper":
+        total, cur = sc, sc
+        for _ in range(3):
+            cur = torch.bmm(self_attn, cur)
+            total = total + cur
+        return total / 4
+    raise ValueError(f"refine must be one of {REFINE_MODES}, got {mode!r}")
+
+
+def grid_size(latent_size: Sequence[int], factor: int = 4) -> tuple[int, int]:
+    """Feature-map size of the U-Net level that is ``factor`` times coarser than the latent.
+
+    Each stride-2 convolution rounds up, and ceil(ceil(H/2)/2) = ceil(H/4), so this is also the exact
+    size of the attention maps at that level for sizes not divisible by 32.
+    """
+    return math.ceil(latent_size[0] / factor), math.ceil(latent_size[1] / factor)
+
+
+def background_mask(num_tokens: int, background_tokens: Iterable[int], device=None) -> torch.Tensor:
+    """Bool ``(T,)``: True at the background token positions (the SOT of every 77-token chunk)."""
+    bg = torch.zeros(num_tokens, dtype=torch.bool, device=device)
+    idx = [t for t in background_tokens if 0 <= t < num_tokens]
+    if idx:
+        bg[idx] = True
+    return bg
+
+
+def chunk_starts(num_tokens: int, chunk: int = 77) -> tuple[int, ...]:
+    """SOT positions of a context made of ``chunk``-token chunks (A1111 concatenates 77-token chunks)."""
+    return tuple(range(0, num_tokens, chunk))
+
+
+def layer_maps(
+    self_attn: torch.Tensor, cross: torch.Tensor, hw: Sequence[int], grid: Sequence[int], refine: str
+) -> torch.Tensor:
+    """One layer's smoothed, un-normalised maps on the grid: ``(B, T, gh, gw)``, float32.
+
+    ``cross`` may be any linear reduction of the token axis (e.g. background-vs-rest sums): every step
+    here is linear in it, which lets rows that only feed the foreground skip the T-wide work.
+    """
+    h, w = hw
+    b, n, t = cross.shape
+    if n != h * w or self_attn.shape[-1] != n:
+        raise ValueError(f"attention maps of {n} positions do not fit a {h}x{w} layer")
+    c = refine_cross(self_attn.float(), cross.float(), refine)
+    m = c.transpose(1, 2).reshape(b, t, h, w)
+    if (h, w) != tuple(grid):
+        # the official code upsamples the 8x8 layer with scale_factor=2; size= is the same for exact
+        # multiples and also handles odd sizes and non-square latents
+        m = F.interpolate(m, size=tuple(grid), mode="bilinear", align_corners=False)
+    return gaussian_smooth(m)
+
+
+def spatial_normalise(maps: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
+    """Divide every channel by its spatial mean (+eps): the paper's renormalised cross-attention."""
+    return maps / (maps.mean(dim=(-2, -1), keepdim=True) + eps)
+
+
+def foreground_pair(maps: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, gh, gw)``: [background tokens summed, all other tokens summed] of un-normalised maps."""
+    return torch.stack([maps[:, background].sum(1), maps[:, ~background].sum(1)], dim=1)
+
+
+def reduce_to_pair(cross: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Reduce ``(B, N, T)`` cross maps to ``(B, N, 2)`` [background, rest] before the (linear) layer work."""
+    return torch.stack([cross[..., background].sum(-1), cross[..., ~background].sum(-1)], dim=-1)
+
+
+def normalise_pair(pair: torch.Tensor) -> torch.Tensor:
+    # The official code divides by the spatial mean with no epsilon (softmax sums are > 0); the floor only
+    # keeps an all-zero map finite and changes nothing else.
+    return pair / pair.mean(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+class MaskAccumulator:
+    """Running per-layer average of token maps and foreground pairs for a fixed set of rows.
+
+    ``add`` one layer at a time as soon as it is captured, so memory does not grow with layers or steps.
+    """
+
+    def __init__(self) -> None:
+        self.tokens: torch.Tensor | None = None  # (B, T, gh, gw) sum of normalised token maps
+        self.pair: torch.Tensor | None = None  # (B, 2, gh, gw) sum of normalised [bg, rest] maps
+        self.layers = 0
+
+    def add_tokens(self, maps: torch.Tensor, background: torch.Tensor) -> None:
+        """Add one layer's full token maps (from ``layer_maps``); feeds regions and foreground."""
+        tok = spatial_normalise(maps)
+        pair = normalise_pair(foreground_pair(maps, background))
+        self.tokens = tok if self.tokens is None else self.tokens + tok
+        self.pair = pair if self.pair is None else self.pair + pair
+        self.layers += 1
+
+    def add_pair(self, pair_maps: torch.Tensor) -> None:
+        """Add one layer's [bg, rest] maps (from ``layer_maps`` on ``reduce_to_pair`` input); foreground only."""
+        pair = normalise_pair(pair_maps)
+        self.pair = pair if self.pair is None else self.pair + pair
+        self.layers += 1
+
+
+def regions_from_tokens(token_sum: torch.Tensor, layers: int, latent_size: Sequence[int]) -> torch.Tensor:
+    """One-hot ``(B, T, H, W)`` float32 partition: each grid cell goes to its highest token (argmax, so a
+    tie can never give a cell two owners), nearest-upsampled to the latent."""
+    avg = token_sum / max(layers, 1)
+    owner = avg.argmax(dim=1)  # (B, gh, gw)
+    onehot = F.one_hot(owner, avg.shape[1]).permute(0, 3, 1, 2).float()
+    return F.interpolate(onehot, size=tuple(latent_size), mode="nearest")
+
+
+def foreground_from_pair(pair_sum: torch.Tensor, layers: int, latent_size: Sequence[int]) -> torch.Tensor:
+    """``(B, 1, H, W)`` in {0, 1}: 1 where the non-background tokens strictly beat the background ones."""
+    avg = pair_sum / max(layers, 1)
+    fg = (avg[:, 1:2] > avg[:, 0:1]).float()
+    return F.interpolate(fg, size=tuple(latent_size), mode="nearest")
+
+
+def semantic_masks(
+    layers: Sequence[tuple[torch.Tensor, torch.Tensor, Sequence[int]]],
+    latent_size: Sequence[int],
+    *,
+    background_tokens: Iterable[int] = (0,),
+    refine: str = "official",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token regions and foreground of one U-Net call, for one set of rows.
+
+    ``layers``: ``(self_attn (B, h*w, h*w), cross_attn (B, h*w, T), (h, w))``, heads averaged, rows softmax
+    distributions. Returns ``regions (B, T, H, W)`` one-hot and ``foreground (B, 1, H, W)`` in {0, 1}.
+    """
+    if refine not in REFINE_MODES:
+        raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
+    if not layers:
+        raise ValueError("semantic_masks needs at least one attention layer")
+    grid = grid_size(latent_size)
+    acc = MaskAccumulator()
+    for self_attn, cross, hw in layers:
+        background = background_mask(cross.shape[-1], background_tokens, cross.device)
+        acc.add_tokens(layer_maps(self_attn, cross, hw, grid, refine), background)
+    return (
+        regions_from_tokens(acc.tokens, acc.layers, latent_size),
+        foreground_from_pair(acc.pair, acc.layers, latent_size),
+    )
+
+
+def guidance_rate(
+    delta: torch.Tensor,
+    regions: torch.Tensor,
+    foreground: torch.Tensor,
+    cfg_scale: float,
+    *,
+    min_rate: float = 0.8,
+    max_rate: float = 3.0,
+    max_scale: float | None = 15.0,
+) -> torch.Tensor:
+    """Per-pixel guidance rate ``(B, 1, H, W)`` float32: the S-CFG scale is ``cfg_scale * rate``.
+
+    Each region's mean per-pixel channel-L2 norm of ``delta`` (cond - uncond; eps, x0 or v space alike, the
+    rate is invariant to a positive factor) is brought to the foreground's mean norm; then clamp to
+    ``[min_rate, max_rate]``, then to ``<= max_scale / cfg_scale``, then the 3x3 Gaussian. An image whose
+    foreground is empty gets rate 1 (plain CFG) rather than the official code's 0.8.
+    """
+    if min_rate > max_rate:
+        raise ValueError(f"min_rate ({min_rate}) must not exceed max_rate ({max_rate})")
+    norm = torch.linalg.vector_norm(delta.float(), dim=1, keepdim=True)  # (B, 1, H, W), fp32 even for fp16 input
+    m = regions.float()
+    fg = foreground.float()
+    area = m.sum(dim=(2, 3))  # (B, T)
+    region_norm = torch.einsum("bthw,bhw->bt", m, norm[:, 0]) / (area + _EPS)
+    fg_area = fg.sum(dim=(2, 3))  # (B, 1)
+    fg_norm = (fg * norm).sum(dim=(2, 3)) / (fg_area + _EPS)
+    ratio = fg_norm * (area > 0) / (region_norm + _EPS)  # empty regions get 0; their mask is 0 anyway
+    rate = torch.einsum("bt,bthw->bhw", ratio, m)[:, None]
+    rate = rate.clamp(min_rate, max_rate)
+    if max_scale and cfg_scale > 0:
+        rate = rate.clamp(max=max_scale / cfg_scale)
+    rate = gaussian_smooth(rate)
+    return torch.where(fg_area[:, :, None, None] > 0, rate, torch.ones_like(rate))

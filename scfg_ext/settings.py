@@ -1,0 +1,172 @@
+"""The one definition of S-CFG's settings.
+
+``FIELDS`` is the single source from which the UI controls, their order (= the API's positional order),
+infotext keys, X/Y/Z axes and API validation are all derived. ``Settings`` is the validated value object
+the engine consumes. No WebUI imports here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .masks import REFINE_MODES
+
+FOREGROUND_SOURCES = ("cond", "uncond")
+
+
+class SettingsError(ValueError):
+    """A bad S-CFG setting; the message names the field and what it accepts."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # attribute, API dict key
+    label: str  # UI label, API script-info label
+    kind: type  # bool, float or str
+    default: Any
+    infotext: str  # infotext (PNG info) key
+    hint: str  # tooltip
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is str:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        return f"a number from {self.minimum:g} to {self.maximum:g}"
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` in this field's type, or raise ``SettingsError`` naming the field."""
+        bad = SettingsError(f"S-CFG setting '{self.name}' must be {self.describe()}, got {value!r}")
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if self.kind is str:
+            if not isinstance(value, str) or value not in self.choices:
+                raise bad
+            return value
+        # numbers: int or float, never bool (a JSON true is not a rate), finite and in range
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+        if not math.isfinite(value) or not self.minimum <= value <= self.maximum:
+            raise bad
+        return value
+
+    def from_text(self, text: str) -> Any:
+        """Parse an infotext / X/Y/Z string value."""
+        text = str(text).strip()
+        if self.kind is bool:
+            low = text.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise SettingsError(f"S-CFG setting '{self.name}' must be {self.describe()}, got {text!r}")
+        if self.kind is str:
+            return self.check(text)
+        try:
+            number = float(text)
+        except ValueError:
+            raise SettingsError(f"S-CFG setting '{self.name}' must be {self.describe()}, got {text!r}") from None
+        return self.check(number)
+
+    def to_text(self, value: Any) -> str:
+        """Infotext form: no commas, colons or quotes, so it survives the WebUI's infotext parser."""
+        if self.kind is float:
+            return f"{value:g}"
+        return str(value)
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("enabled", "S-CFG", bool, False, "S-CFG",
+          "Semantic-aware CFG: give every semantic region of the image its own guidance scale."),
+    Field("min_rate", "Min rate", float, 0.8, "S-CFG min rate",
+          "Lowest per-region multiplier of the CFG scale (official: 0.8).", 0.0, 5.0, 0.05),
+    Field("max_rate", "Max rate", float, 3.0, "S-CFG max rate",
+          "Highest per-region multiplier of the CFG scale (official: 3.0).", 0.0, 10.0, 0.05),
+    Field("max_scale", "Max effective scale", float, 15.0, "S-CFG max scale",
+          "Cap on CFG scale x rate anywhere in the image (official: 15).", 1.0, 50.0, 0.5),
+    Field("refine", "Self-attention refinement", str, "official", "S-CFG refine",
+          "How self-attention completes the token map: official code (S+3S²)/4, "
+          "paper (mean of S¹..S⁴) or none.", choices=REFINE_MODES),
+    Field("foreground", "Foreground from", str, "cond", "S-CFG foreground",
+          "Which prompt's attention defines the benchmark foreground: the positive prompt (cond) or, "
+          "as the official code does, the negative prompt (uncond).", choices=FOREGROUND_SOURCES),
+    Field("start", "Start at", float, 0.0, "S-CFG start",
+          "Fraction of the sampling schedule where S-CFG starts (earlier steps use plain CFG).", 0.0, 1.0, 0.01),
+    Field("end", "End at", float, 1.0, "S-CFG end",
+          "Fraction of the sampling schedule where S-CFG ends (later steps use plain CFG).", 0.0, 1.0, 0.01),
+    Field("hires", "Apply on hires. fix pass", bool, True, "S-CFG hires",
+          "Also use S-CFG on the hires. fix second pass."),
+)
+FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated S-CFG settings; construction raises ``SettingsError`` on any bad value."""
+
+    enabled: bool = False
+    min_rate: float = 0.8
+    max_rate: float = 3.0
+    max_scale: float = 15.0
+    refine: str = "official"
+    foreground: str = "cond"
+    start: float = 0.0
+    end: float = 1.0
+    hires: bool = True
+
+    def __post_init__(self) -> None:
+        for f in FIELDS:
+            object.__setattr__(self, f.name, f.check(getattr(self, f.name)))
+        if self.min_rate > self.max_rate:
+            raise SettingsError(
+                f"S-CFG setting 'min_rate' ({self.min_rate:g}) must not exceed 'max_rate' ({self.max_rate:g})"
+            )
+        if self.start >= self.end:
+            raise SettingsError(
+                f"S-CFG setting 'start' ({self.start:g}) must be less than 'end' ({self.end:g})"
+            )
+
+    def active_at(self, progress: float) -> bool:
+        """Whether S-CFG runs at ``progress`` = step / total steps, in [0, 1)."""
+        return self.enabled and self.start <= progress < self.end
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in FIELDS}
+
+    def as_list(self) -> list[Any]:
+        return [getattr(self, f.name) for f in FIELDS]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        unknown = [k for k in values if k not in FIELD_BY_NAME]
+        if unknown:
+            raise SettingsError(
+                f"unknown S-CFG setting {unknown[0]!r}; known settings: {', '.join(FIELD_BY_NAME)}"
+            )
+        return cls(**dict(values))
+
+    @classmethod
+    def from_args(cls, args: Sequence[Any]) -> Settings:
+        """From script args: the positional list in ``FIELDS`` order (a short list keeps the defaults for
+        the rest), or a dict of named settings as the first element. The WebUI API fills the slots after a
+        dict with the UI defaults, so those are ignored: the dict alone says what differs from the defaults."""
+        args = list(args)
+        if args and isinstance(args[0], Mapping):
+            return cls.from_mapping(args[0])
+        if len(args) > len(FIELDS):
+            raise SettingsError(f"S-CFG takes at most {len(FIELDS)} positional args, got {len(args)}")
+        return cls(**{f.name: v for f, v in zip(FIELDS, args)})

@@ -1,0 +1,156 @@
+"""Real Stable Diffusion parts for the demo, the benchmark and the tests (not used inside a WebUI).
+
+* the real ``ldm`` ``UNetModel`` (PyPI ``stable-diffusion-sdkit``, the code A1111 runs for SD1/SD2), built
+  from the real SD1.5 / SD2 config values with random weights (no weights can be downloaded here);
+* real k-diffusion samplers and ``CompVisDenoiser`` (PyPI ``k-diffusion``);
+* ``CFGModel``: a k-diffusion model that batches cond rows first and uncond rows last like A1111's
+  ``CFGDenoiser`` and combines with plain CFG or an ``ScfgRun``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+
+import torch
+
+from .capture import Cond, Uncond
+from .guidance import ScfgRun, plain_cfg
+
+# models/ldm/stable-diffusion-v1/v1-inference.yaml (unet_config.params), minus use_checkpoint, which A1111
+# forces off at load time
+SD15_UNET = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
+    num_res_blocks=2, channel_mult=[1, 2, 4, 4], num_heads=8, use_spatial_transformer=True,
+    transformer_depth=1, context_dim=768, use_checkpoint=False, legacy=False,
+)
+# stablediffusion configs/stable-diffusion/v2-inference-v.yaml: 64-channel heads, linear proj, 1024 context
+SD2_UNET = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
+    num_res_blocks=2, channel_mult=[1, 2, 4, 4], num_head_channels=64, use_spatial_transformer=True,
+    use_linear_in_transformer=True, transformer_depth=1, context_dim=1024, use_checkpoint=False, legacy=False,
+)
+
+
+def small_config(base: dict, model_channels: int = 32, num_res_blocks: int = 1) -> dict:
+    """The same architecture with fewer channels and res blocks, for fast CPU tests."""
+    cfg = dict(base, model_channels=model_channels, num_res_blocks=num_res_blocks)
+    if "num_head_channels" in cfg:
+        cfg["num_head_channels"] = max(model_channels // 8, 4)
+    return cfg
+
+
+def build_unet(config: dict = SD15_UNET, seed: int = 0, dtype=torch.float32, device="cpu") -> torch.nn.Module:
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNetModel(**config)
+        # ldm zero-initialises the output convs of every res block and transformer (zero_module), which
+        # with untrained weights would make the prompt irrelevant (cond == uncond); give them random weights
+        for m in unet.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and not m.weight.any():
+                m.reset_parameters()
+    return unet.to(dtype).eval().requires_grad_(False)
+
+
+def import_k_diffusion():
+    """Import ``k_diffusion.sampling`` and ``k_diffusion.external`` (the parts A1111 uses).
+
+    ``import k_diffusion`` runs a package ``__init__`` that imports every training submodule (clean-fid,
+    kornia, wandb's friends ...), and ``k_diffusion.utils`` imports torchvision for two image helpers that
+    sampling never calls; PyPI's torchvision does not load beside the CPU torch wheel used here. So when
+    torchvision is missing, the package is entered without running ``__init__`` and that one import is
+    satisfied by a placeholder that raises if anything actually uses it. The sampler code is the real one.
+    """
+    if "k_diffusion.sampling" in sys.modules:
+        return sys.modules["k_diffusion.sampling"], sys.modules["k_diffusion.external"]
+    if importlib.util.find_spec("torchvision") is not None:
+        sampling = importlib.import_module("k_diffusion.sampling")
+        return sampling, importlib.import_module("k_diffusion.external")
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None:
+        raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion)")
+    pkg = types.ModuleType("k_diffusion")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__spec__ = spec
+    sys.modules["k_diffusion"] = pkg
+
+    def unavailable(name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ImportError(f"torchvision is not installed; torchvision...{name} is unavailable")
+
+    placeholder = {}
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+        placeholder[name] = types.ModuleType(name)
+        placeholder[name].__path__ = []
+        placeholder[name].__getattr__ = unavailable
+    placeholder["torchvision.transforms"].functional = placeholder["torchvision.transforms.functional"]
+    saved = {name: sys.modules.get(name) for name in placeholder}
+    sys.modules.update(placeholder)
+    try:
+        importlib.import_module("k_diffusion.utils")
+    finally:
+        for name, mod in saved.items():  # nobody else should believe torchvision is installed
+            if mod is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = mod
+    sampling = importlib.import_module("k_diffusion.sampling")
+    return sampling, importlib.import_module("k_diffusion.external")
+
+
+class LatentDiffusionStub(torch.nn.Module):
+    """What ``CompVisDenoiser`` needs of ``LatentDiffusion``: ``alphas_cumprod`` and ``apply_model``.
+
+    The schedule is SD's: linear betas 0.00085..0.012 over 1000 steps (ldm ``make_beta_schedule``).
+    ``apply_model(x, t, cond)`` calls the U-Net the way ldm's ``DiffusionWrapper`` does for crossattn.
+    """
+
+    def __init__(self, unet: torch.nn.Module, parameterization: str = "eps"):
+        super().__init__()
+        from ldm.modules.diffusionmodules.util import make_beta_schedule
+
+        self.diffusion_model = unet
+        self.parameterization = parameterization
+        betas = torch.as_tensor(make_beta_schedule("linear", 1000, 0.00085, 0.012), dtype=torch.float32)
+        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0))
+
+    def apply_model(self, x, t, cond):
+        context = torch.cat(cond["c_crossattn"], 1) if isinstance(cond, dict) else cond
+        return self.diffusion_model(x, t, context=context)
+
+
+def k_denoiser(unet: torch.nn.Module, parameterization: str = "eps"):
+    _, external = import_k_diffusion()
+    model = LatentDiffusionStub(unet, parameterization)
+    wrap = external.CompVisVDenoiser if parameterization == "v" else external.CompVisDenoiser
+    return wrap(model)
+
+
+class CFGModel(torch.nn.Module):
+    """A k-diffusion model ``(x, sigma) -> denoised`` doing CFG the A1111 way: cond rows first, then one
+    uncond row per image, one U-Net call; plain CFG, or S-CFG when ``run`` is given."""
+
+    def __init__(self, denoiser, cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float,
+                 run: ScfgRun | None = None, total_steps: int = 1):
+        super().__init__()
+        self.denoiser, self.cond, self.uncond, self.cfg_scale = denoiser, cond, uncond, cfg_scale
+        self.run, self.total_steps, self.step = run, total_steps, 0
+
+    def forward(self, x, sigma, **kwargs):
+        b = x.shape[0]
+        if self.run is not None:
+            roles = [Cond(i) for i in range(b)] + [Uncond(i) for i in range(b)]
+            self.run.begin_step(roles, self.step / self.total_steps)
+        x_in = torch.cat([x, x])
+        sigma_in = torch.cat([sigma, sigma])
+        out = self.denoiser(x_in, sigma_in, cond={"c_crossattn": [torch.cat([self.cond, self.uncond])]})
+        conds = [[(out[i], 1.0)] for i in range(b)]
+        self.step += 1
+        if self.run is None:
+            return plain_cfg(out[b:], conds, self.cfg_scale)
+        return self.run.combine(out[b:], conds, self.cfg_scale)
