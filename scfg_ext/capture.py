@@ -151,6 +151,9 @@ class AttentionCapture:
         self._pending: dict[int, torch.Tensor] = {}
         self._acc: dict[Role, M.MaskAccumulator] = {}
         self.error: str | None = None  # why this step's maps are unusable, if they are
+        # optional ``observer(layer, roles, self_attn, cross_attn)``: sees every captured layer's head-averaged
+        # maps for the needed rows (tests, debugging, map galleries)
+        self.observer = None
 
     # -- hooks -------------------------------------------------------------------------------------------
     @property
@@ -247,9 +250,11 @@ class AttentionCapture:
             hw = self._check(layer, x.shape[1])
             if hw is None:
                 return
+            cross = attention_probs(module, x[rows], None if context is None else context[rows])
+            if self.observer is not None:
+                self.observer(layer, [self._call_roles[r] for r in rows], self_attn, cross)
             with torch.no_grad():
-                self._fold(self_attn, attention_probs(module, x[rows], None if context is None else context[rows]),
-                           rows, hw)
+                self._fold(self_attn, cross, rows, hw)
 
         return hook
 

@@ -201,6 +201,22 @@ def semantic_masks(
     )
 
 
+def region_ratios(
+    delta: torch.Tensor, regions: torch.Tensor, foreground: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-region ratio ``(B, T)`` = foreground mean norm / region mean norm (0 for empty regions), and the
+    foreground area ``(B, 1)``. Norms are per-pixel channel-L2 norms of ``delta``, reduced in float32."""
+    norm = torch.linalg.vector_norm(delta.float(), dim=1)  # (B, H, W), fp32 even for fp16 input
+    m = regions.float()
+    fg = foreground.float()[:, 0]
+    area = m.sum(dim=(2, 3))  # (B, T)
+    region_norm = torch.einsum("bthw,bhw->bt", m, norm) / (area + _EPS)
+    fg_area = fg.sum(dim=(1, 2))[:, None]  # (B, 1)
+    fg_norm = (fg * norm).sum(dim=(1, 2))[:, None] / (fg_area + _EPS)
+    ratio = fg_norm * (area > 0) / (region_norm + _EPS)  # empty regions get 0; their mask is 0 anyway
+    return ratio, fg_area
+
+
 def guidance_rate(
     delta: torch.Tensor,
     regions: torch.Tensor,
@@ -220,15 +236,8 @@ def guidance_rate(
     """
     if min_rate > max_rate:
         raise ValueError(f"min_rate ({min_rate}) must not exceed max_rate ({max_rate})")
-    norm = torch.linalg.vector_norm(delta.float(), dim=1, keepdim=True)  # (B, 1, H, W), fp32 even for fp16 input
-    m = regions.float()
-    fg = foreground.float()
-    area = m.sum(dim=(2, 3))  # (B, T)
-    region_norm = torch.einsum("bthw,bhw->bt", m, norm[:, 0]) / (area + _EPS)
-    fg_area = fg.sum(dim=(2, 3))  # (B, 1)
-    fg_norm = (fg * norm).sum(dim=(2, 3)) / (fg_area + _EPS)
-    ratio = fg_norm * (area > 0) / (region_norm + _EPS)  # empty regions get 0; their mask is 0 anyway
-    rate = torch.einsum("bt,bthw->bhw", ratio, m)[:, None]
+    ratio, fg_area = region_ratios(delta, regions, foreground)
+    rate = torch.einsum("bt,bthw->bhw", ratio, regions.float())[:, None]
     rate = rate.clamp(min_rate, max_rate)
     if max_scale and cfg_scale > 0:
         rate = rate.clamp(max=max_scale / cfg_scale)

@@ -169,4 +169,4 @@ class Settings:
             return cls.from_mapping(args[0])
         if len(args) > len(FIELDS):
             raise SettingsError(f"S-CFG takes at most {len(FIELDS)} positional args, got {len(args)}")
-        return cls(**{f.name: v for f, v in zip(FIELDS, args)})
+        return cls(**{f.name: v for f, v in zip(FIELDS, args, strict=False)})
