@@ -221,10 +221,24 @@ class AttentionCapture:
             return None
         return h, w
 
+    def _guarded(self, fn):
+        """Run a hook body; any failure marks the step unusable (plain CFG) instead of breaking the U-Net."""
+
+        def hook(module, args, kwargs, output):
+            if self.error:
+                return
+            try:
+                fn(module, args, kwargs)
+            except Exception as e:  # noqa: BLE001 - a capture problem must never fail the user's image
+                self.error = f"attention capture failed ({type(e).__name__}: {e})"
+                self._pending.clear()
+
+        return hook
+
     def _self_hook(self, i: int):
         layer_index = i
 
-        def hook(module, args, kwargs, output):
+        def hook(module, args, kwargs):
             rows = self._rows()
             if not rows or self.error:
                 return
@@ -234,12 +248,12 @@ class AttentionCapture:
             xr = x[rows]
             self._pending[layer_index] = attention_probs(module, xr)
 
-        return hook
+        return self._guarded(hook)
 
     def _cross_hook(self, i: int):
         layer_index = i
 
-        def hook(module, args, kwargs, output):
+        def hook(module, args, kwargs):
             self_attn = self._pending.pop(layer_index, None)
             rows = self._rows()
             if self_attn is None or not rows or self.error:
@@ -256,7 +270,7 @@ class AttentionCapture:
             with torch.no_grad():
                 self._fold(self_attn, cross, rows, hw)
 
-        return hook
+        return self._guarded(hook)
 
     def _fold(self, self_attn: torch.Tensor, cross: torch.Tensor, rows: list[int], hw: tuple[int, int]) -> None:
         grid = M.grid_size(self._latent)

@@ -347,7 +347,8 @@ def draw_figure(result: DemoResult, words: int, cfg_scale: float) -> Image.Image
     if r_lo < 1.0 < r_hi:  # rate 1 = plain CFG
         x1 = bx0 + round((1.0 - r_lo) / (r_hi - r_lo) * (bx1 - bx0 - 1))
         d.line([(x1, info_top - 3), (x1, info_top + 16)], fill=INK, width=1)
-        d.text((x1 - d.textlength("1", font=f_text) / 2, info_top + 18), "1", font=f_text, fill=INK)
+        if bx0 + 50 < x1 < bx1 - 50:  # label it unless it would run into the min/max labels
+            d.text((x1 - d.textlength("1", font=f_text) / 2, info_top + 18), "1", font=f_text, fill=INK)
     d.text((bx0, info_top + 40), f"rate min {r_lo:.3f}   max {r_hi:.3f}", font=f_text, fill=INK)
     d.text((bx0, info_top + 58), f"effective scale {cfg_scale * r_lo:.2f} .. {cfg_scale * r_hi:.2f}",
            font=f_text, fill=INK)

@@ -76,43 +76,68 @@ class ScfgRun:
         self.capture.plan_step(roles if self.active else [])
         return self.active
 
-    def combine(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> torch.Tensor:
-        """S-CFG combination of this step; exactly ``plain_cfg`` when inactive or when no usable maps."""
+    def skip_step(self) -> None:
+        """The caller decided to use plain CFG for the step in progress (e.g. its uncond rows were skipped)."""
+        self.active = False
+
+    def rates(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> dict[Cond, torch.Tensor]:
+        """Rate map ``(1, H, W)`` float32 for every cond row S-CFG can guide this step; empty = plain CFG."""
         if not self.active:
-            return plain_cfg(uncond, conds, cfg_scale)
+            return {}
         self.active = False
         if self.capture.error:
             self.warn_once(f"S-CFG skipped a step: {self.capture.error}")
         maps = self.capture.masks(uncond.shape[-2:])
         if not maps:
-            return plain_cfg(uncond, conds, cfg_scale)
+            return {}
         s = self.settings
-        denoised = torch.clone(uncond)
+        out: dict[Cond, torch.Tensor] = {}
         kept = StepMaps({}, {}, {}) if self.keep_maps else None
-        applied = False
         for i, image_conds in enumerate(conds):
-            for j, (cond, weight) in enumerate(image_conds):
-                delta = cond - uncond[i]
+            for j, (cond, _) in enumerate(image_conds):
                 found = maps.get(Cond(i, j))
-                rate = None
-                if found is not None:
-                    regions, foreground = found
-                    rate = guidance_rate(delta[None], regions, foreground, cfg_scale, min_rate=s.min_rate,
-                                         max_rate=s.max_rate, max_scale=s.max_scale)[0]
-                    if not torch.isfinite(rate).all():
-                        self.warn_once("S-CFG computed a non-finite rate map; that step used plain CFG")
-                        rate = None
-                if rate is None:
-                    denoised[i] += delta * (weight * cfg_scale)
+                if found is None:
                     continue
-                applied = True
-                denoised[i] += delta * (rate.to(delta.dtype) * (weight * cfg_scale))
+                regions, foreground = found
+                delta = (cond - uncond[i])[None]
+                rate = guidance_rate(delta, regions, foreground, cfg_scale, min_rate=s.min_rate,
+                                     max_rate=s.max_rate, max_scale=s.max_scale)[0]
+                if not torch.isfinite(rate).all():
+                    self.warn_once("S-CFG computed a non-finite rate map; that step used plain CFG")
+                    return {}
+                out[Cond(i, j)] = rate
                 if kept is not None:
                     kept.regions[Cond(i, j)] = regions[0]
                     kept.foreground[Cond(i, j)] = foreground[0]
                     kept.rate[Cond(i, j)] = rate
-        if applied:
+        if out:
             self.steps_applied += 1
             if kept is not None:
                 self.last_maps = kept
+        return out
+
+    def combine(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> torch.Tensor:
+        """S-CFG combination of this step: ``uncond + sum_j w_j * cfg_scale * rate_j * (cond_j - uncond)``;
+        exactly ``plain_cfg`` when inactive or without usable maps."""
+        rates = self.rates(uncond, conds, cfg_scale)
+        if not rates:
+            return plain_cfg(uncond, conds, cfg_scale)
+        denoised = torch.clone(uncond)
+        for i, image_conds in enumerate(conds):
+            for j, (cond, weight) in enumerate(image_conds):
+                rate = rates.get(Cond(i, j))
+                delta = cond - uncond[i]
+                if rate is not None:
+                    delta = delta * rate.to(delta.dtype)
+                denoised[i] += delta * (weight * cfg_scale)
         return denoised
+
+    def guided_conds(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> dict[Cond, torch.Tensor]:
+        """Cond outputs to substitute so that any linear CFG combiner yields S-CFG:
+        ``uncond + rate * (cond - uncond)``. This lets a host's own (or another extension's) combination
+        run unchanged on top. Empty when this step stays plain."""
+        rates = self.rates(uncond, conds, cfg_scale)
+        return {
+            key: uncond[key.image] + rate.to(uncond.dtype) * (conds[key.image][key.index][0] - uncond[key.image])
+            for key, rate in rates.items()
+        }

@@ -103,25 +103,43 @@ def import_k_diffusion():
     return sampling, importlib.import_module("k_diffusion.external")
 
 
+class DiffusionWrapper(torch.nn.Module):
+    """ldm ``DiffusionWrapper`` for ``conditioning_key="crossattn"``: concatenates the c_crossattn list."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.diffusion_model = unet
+        self.conditioning_key = "crossattn"
+
+    def forward(self, x, t, c_concat=None, c_crossattn=None, c_adm=None):
+        return self.diffusion_model(x, t, context=torch.cat(c_crossattn, 1))
+
+
 class LatentDiffusionStub(torch.nn.Module):
-    """What ``CompVisDenoiser`` needs of ``LatentDiffusion``: ``alphas_cumprod`` and ``apply_model``.
+    """What ``CompVisDenoiser`` and the WebUI need of ldm's ``LatentDiffusion``: ``alphas_cumprod``,
+    ``apply_model`` (cond dict or tensor, as ldm accepts) and ``model.diffusion_model``.
 
     The schedule is SD's: linear betas 0.00085..0.012 over 1000 steps (ldm ``make_beta_schedule``).
-    ``apply_model(x, t, cond)`` calls the U-Net the way ldm's ``DiffusionWrapper`` does for crossattn.
     """
 
     def __init__(self, unet: torch.nn.Module, parameterization: str = "eps"):
         super().__init__()
         from ldm.modules.diffusionmodules.util import make_beta_schedule
 
-        self.diffusion_model = unet
+        self.model = DiffusionWrapper(unet)
         self.parameterization = parameterization
+        self.cond_stage_key = "txt"
         betas = torch.as_tensor(make_beta_schedule("linear", 1000, 0.00085, 0.012), dtype=torch.float32)
         self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0))
 
+    @property
+    def diffusion_model(self):
+        return self.model.diffusion_model
+
     def apply_model(self, x, t, cond):
-        context = torch.cat(cond["c_crossattn"], 1) if isinstance(cond, dict) else cond
-        return self.diffusion_model(x, t, context=context)
+        if not isinstance(cond, dict):
+            cond = {"c_crossattn": cond if isinstance(cond, list) else [cond]}
+        return self.model(x, t, **cond)
 
 
 def k_denoiser(unet: torch.nn.Module, parameterization: str = "eps"):

@@ -4,6 +4,7 @@ Same signatures as upstream; additionally every report()/display() is appended t
 `reports` so tests can assert on it (upstream only prints to stderr and keeps the
 last 5 exceptions in `exception_records`).
 """
+
 import sys
 import textwrap
 import traceback

@@ -3,13 +3,28 @@
 OptionInfo, options_section and Options are the real classes trimmed of the
 save/load/dumpjson/reorder machinery (no settings file in tests).
 """
+
 from modules import errors
 from modules.shared_cmd_options import cmd_opts
 
 
 # mirrors modules/options.py @ v1.10.1 (82a973c): OptionInfo (same constructor, chainable helpers return self)
 class OptionInfo:
-    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None, refresh=None, comment_before='', comment_after='', infotext=None, restrict_api=False, category_id=None):
+    def __init__(
+        self,
+        default=None,
+        label="",
+        component=None,
+        component_args=None,
+        onchange=None,
+        section=None,
+        refresh=None,
+        comment_before="",
+        comment_after="",
+        infotext=None,
+        restrict_api=False,
+        category_id=None,
+    ):
         self.default = default
         self.label = label
         self.component = component
@@ -53,7 +68,7 @@ class OptionInfo:
 # mirrors modules/options.py @ v1.10.1 (82a973c): OptionHTML (gradio component factory trimmed to None)
 class OptionHTML(OptionInfo):
     def __init__(self, text):
-        super().__init__(str(text).strip(), label='', component=None)
+        super().__init__(str(text).strip(), label="", component=None)
 
         self.do_not_save = True
 
@@ -85,40 +100,38 @@ class Options:
 
     def __setattr__(self, key, value):
         if key in options_builtin_fields:
-            return super(Options, self).__setattr__(key, value)
+            return super().__setattr__(key, value)
 
-        if self.data is not None:
-            if key in self.data or key in self.data_labels:
-                assert not cmd_opts.freeze_settings, "changing settings is disabled"
+        if self.data is not None and (key in self.data or key in self.data_labels):
+            assert not cmd_opts.freeze_settings, "changing settings is disabled"
 
-                info = self.data_labels.get(key, None)
-                if info.do_not_save:
-                    return
-
-                comp_args = info.component_args if info else None
-                if isinstance(comp_args, dict) and comp_args.get('visible', True) is False:
-                    raise RuntimeError(f"not possible to set '{key}' because it is restricted")
-
-                if cmd_opts.hide_ui_dir_config and key in self.restricted_opts:
-                    raise RuntimeError(f"not possible to set '{key}' because it is restricted with --hide_ui_dir_config")
-
-                self.data[key] = value
+            info = self.data_labels.get(key, None)
+            if info.do_not_save:
                 return
 
-        return super(Options, self).__setattr__(key, value)
+            comp_args = info.component_args if info else None
+            if isinstance(comp_args, dict) and comp_args.get("visible", True) is False:
+                raise RuntimeError(f"not possible to set '{key}' because it is restricted")
+
+            if cmd_opts.hide_ui_dir_config and key in self.restricted_opts:
+                raise RuntimeError(f"not possible to set '{key}' because it is restricted with --hide_ui_dir_config")
+
+            self.data[key] = value
+            return
+
+        return super().__setattr__(key, value)
 
     def __getattr__(self, item):
         if item in options_builtin_fields:
-            return super(Options, self).__getattribute__(item)
+            return super().__getattribute__(item)
 
-        if self.data is not None:
-            if item in self.data:
-                return self.data[item]
+        if self.data is not None and item in self.data:
+            return self.data[item]
 
         if item in self.data_labels:
             return self.data_labels[item].default
 
-        return super(Options, self).__getattribute__(item)
+        return super().__getattribute__(item)
 
     def set(self, key, value, is_api=False, run_callbacks=True):
         """sets an option and calls its onchange callback, returning True if the option changed and False otherwise"""
@@ -188,9 +201,6 @@ class Options:
             return None
 
         expected_type = type(default_value)
-        if expected_type == bool and value == "False":
-            value = False
-        else:
-            value = expected_type(value)
+        value = False if expected_type is bool and value == "False" else expected_type(value)
 
         return value

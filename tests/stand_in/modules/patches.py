@@ -1,4 +1,5 @@
 """Stand-in for modules/patches.py @ A1111 v1.10.1 (82a973c): patch/undo/original, same semantics."""
+
 from collections import defaultdict
 
 

@@ -5,6 +5,7 @@ shared_init.initialize() and `state` with modules/shared_state.State. The stand-
 creates both at import time with only the settings that code on our paths reads;
 each default below is the upstream default in modules/shared_options.py @ 82a973c.
 """
+
 import logging
 
 from modules import options
@@ -34,23 +35,31 @@ def _options_templates():
     return {
         # section "optimizations" (shared_options.py ~233-242)
         "cross_attention_optimization": OI("Automatic", "Cross attention optimization"),
-        "s_min_uncond": OI(0.0, "Negative Guidance minimum sigma", infotext='NGMS'),
-        "s_min_uncond_all": OI(False, "Negative Guidance minimum sigma all steps", infotext='NGMS all steps'),
-        "token_merging_ratio": OI(0.0, "Token merging ratio", infotext='Token merging ratio'),
-        "pad_cond_uncond": OI(False, "Pad prompt/negative prompt", infotext='Pad conds'),
-        "pad_cond_uncond_v0": OI(False, "Pad prompt/negative prompt (v0)", infotext='Pad conds v0'),
+        "s_min_uncond": OI(0.0, "Negative Guidance minimum sigma", infotext="NGMS"),
+        "s_min_uncond_all": OI(False, "Negative Guidance minimum sigma all steps", infotext="NGMS all steps"),
+        "token_merging_ratio": OI(0.0, "Token merging ratio", infotext="Token merging ratio"),
+        "pad_cond_uncond": OI(False, "Pad prompt/negative prompt", infotext="Pad conds"),
+        "pad_cond_uncond_v0": OI(False, "Pad prompt/negative prompt (v0)", infotext="Pad conds v0"),
         "persistent_cond_cache": OI(True, "Persistent cond cache"),
         "batch_cond_uncond": OI(True, "Batch cond/uncond"),
         # section "sd" (~176-185)
-        "enable_quantization": OI(False, "Enable quantization in K samplers for sharper and cleaner results. This may change existing seeds"),
+        "enable_quantization": OI(
+            False, "Enable quantization in K samplers for sharper and cleaner results. This may change existing seeds"
+        ),
         "emphasis": OI("Original", "Emphasis mode", infotext="Emphasis"),
         "comma_padding_backtrack": OI(20, "Prompt word wrap length limit"),
         "CLIP_stop_at_last_layers": OI(1, "Clip skip", infotext="Clip skip"),
         "upcast_attn": OI(False, "Upcast cross attention layer to float32"),
-        "hires_fix_refiner_pass": OI("second pass", "Hires fix: which pass to enable refiner for", infotext="Hires refiner"),
+        "hires_fix_refiner_pass": OI(
+            "second pass", "Hires fix: which pass to enable refiner for", infotext="Hires refiner"
+        ),
         # section "compatibility" (~249-256)
         "use_old_scheduling": OI(False, "Use old prompt editing timelines.", infotext="Old prompt editing timelines"),
-        "refiner_switch_by_sample_steps": OI(False, "Switch to refiner by sampling steps instead of model timesteps. Old behavior for refiner.", infotext="Refiner switch by sampling steps"),
+        "refiner_switch_by_sample_steps": OI(
+            False,
+            "Switch to refiner by sampling steps instead of model timesteps. Old behavior for refiner.",
+            infotext="Refiner switch by sampling steps",
+        ),
         # section "infotext" (~361-363)
         "disable_weights_auto_swap": OI(True, "Disregard checkpoint information from pasted infotext"),
         "infotext_skip_pasting": OI([], "Disregard fields from pasted infotext"),
@@ -65,17 +74,20 @@ def _options_templates():
         "img_max_size_mp": OI(200, "Maximum image size"),
         "hide_samplers": OI([], "Hide samplers in user interface"),
         # section "sampler-params" (~395-407)
-        "eta_ancestral": OI(1.0, "Eta for k-diffusion samplers", infotext='Eta'),
-        "always_discard_next_to_last_sigma": OI(False, "Always discard next-to-last sigma", infotext='Discard penultimate sigma'),
-        "sgm_noise_multiplier": OI(False, "SGM noise multiplier", infotext='SGM noise multiplier'),
-        "uni_pc_order": OI(3, "UniPC order", infotext='UniPC order'),
+        "eta_ancestral": OI(1.0, "Eta for k-diffusion samplers", infotext="Eta"),
+        "always_discard_next_to_last_sigma": OI(
+            False, "Always discard next-to-last sigma", infotext="Discard penultimate sigma"
+        ),
+        "sgm_noise_multiplier": OI(False, "SGM noise multiplier", infotext="SGM noise multiplier"),
+        "uni_pc_order": OI(3, "UniPC order", infotext="UniPC order"),
         "skip_early_cond": OI(0.0, "Ignore negative prompt during early sampling", infotext="Skip Early CFG"),
+        "img2img_fix_steps": OI(False, "With img2img, do exactly the amount of steps the slider specifies."),
         "img2img_extra_noise": OI(0.0, "Extra noise multiplier for img2img and hires fix", infotext="Extra noise"),
         # infotext rendering (processing.create_infotext)
         "add_model_hash_to_info": OI(True, "Add model hash to infotext"),
         "add_model_name_to_info": OI(True, "Add model name to infotext"),
         "add_version_to_infotext": OI(True, "Add program version to infotext"),
-        "eta_noise_seed_delta": OI(0, "Eta noise seed delta", infotext='ENSD'),
+        "eta_noise_seed_delta": OI(0, "Eta noise seed delta", infotext="ENSD"),
         "randn_source": OI("GPU", "Random number generator source.", infotext="RNG"),
     }
 
@@ -105,7 +117,7 @@ class State:
     job_no = 0
     job_count = 0
     processing_has_refined_job_count = False
-    job_timestamp = '0'
+    job_timestamp = "0"
     sampling_step = 0
     sampling_steps = 0
     current_latent = None
@@ -138,7 +150,7 @@ class State:
         self.job_count = -1
         self.processing_has_refined_job_count = False
         self.job_no = 0
-        self.job_timestamp = '0'
+        self.job_timestamp = "0"
         self.current_latent = None
         self.current_image = None
         self.current_image_sampling_step = 0

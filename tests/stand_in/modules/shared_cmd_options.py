@@ -4,6 +4,7 @@ Upstream parses the real command line with the parser from modules/cmd_args.py; 
 stand-in is a plain Namespace holding the defaults of the flags that code on our
 paths reads (options.py, infotext_utils.connect_paste, api.py, sd_hijack_optimizations).
 """
+
 import argparse
 
 # mirrors modules/shared_cmd_options.py @ v1.10.1 (82a973c): cmd_opts (defaults from modules/cmd_args.py)

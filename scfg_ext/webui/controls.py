@@ -1,0 +1,72 @@
+"""The S-CFG accordion, built from ``settings.FIELDS`` (so the component order is the API's arg order)."""
+
+from __future__ import annotations
+
+from ..settings import FIELD_BY_NAME, FIELDS
+
+# rows of the compact layout, by field name; every field except "enabled" (the accordion's own box) once
+LAYOUT = (("min_rate", "max_rate", "max_scale"), ("refine", "foreground"), ("start", "end", "hires"))
+assert sorted(n for row in LAYOUT for n in row) == sorted(f.name for f in FIELDS[1:])
+
+
+def elem_suffix(name: str) -> str:
+    return f"scfg_{name}"
+
+
+def build(gr, input_accordion, elem_id) -> list:
+    """Build the accordion inside the current ``gr.Blocks``; return its components in ``FIELDS`` order.
+
+    ``elem_id(suffix)`` is the script's ``Script.elem_id`` (``script_<tab>_s-cfg_<suffix>``), which the hint
+    script in ``javascript/`` keys on.
+    """
+    enabled_field = FIELD_BY_NAME["enabled"]
+    made = {}
+    enabled_id = elem_id(elem_suffix("enabled"))
+    with input_accordion(enabled_field.default, label=enabled_field.label, elem_id=enabled_id) as enabled:
+        made["enabled"] = enabled
+        for row in LAYOUT:
+            with gr.Row(elem_classes=["scfg-row"]):
+                for name in row:
+                    made[name] = _component(gr, FIELD_BY_NAME[name], elem_id(elem_suffix(name)))
+    return [made[f.name] for f in FIELDS]
+
+
+def _component(gr, field, elem_id):
+    common = dict(label=field.label, value=field.default, elem_id=elem_id, elem_classes=["scfg-control"])
+    if field.kind is bool:
+        return gr.Checkbox(**common)
+    if field.kind is str:
+        return gr.Dropdown(choices=list(field.choices), type="value", **common)
+    return gr.Slider(minimum=field.minimum, maximum=field.maximum, step=field.step, **common)
+
+
+def hints_js() -> str:
+    """The content of ``javascript/scfg_hints.js``: each control's hint as its tooltip (generated from
+    ``FIELDS``; a test keeps the committed file equal to this)."""
+    entries = "\n".join(f"    {elem_suffix(f.name)!r}: {f.hint!r}," for f in FIELDS)
+    return f"""// Generated from scfg_ext/settings.py FIELDS by scfg_ext.webui.controls.hints_js(); do not edit.
+// Tooltips for the S-CFG accordion: the WebUI shows an element's title attribute on hover.
+(function () {{
+  const scfgHints = {{
+{entries}
+  }};
+
+  function scfgApplyHints() {{
+    const app = typeof gradioApp === "function" ? gradioApp() : document;
+    for (const [suffix, hint] of Object.entries(scfgHints)) {{
+      app.querySelectorAll(`[id$="_${{suffix}}"], [id$="_${{suffix}}-checkbox"]`).forEach((el) => {{
+        if (el.title !== hint) {{
+          el.title = hint;
+          el.querySelectorAll("label, span, input, select").forEach((child) => (child.title = hint));
+        }}
+      }});
+    }}
+  }}
+
+  if (typeof onUiUpdate === "function") {{
+    onUiUpdate(scfgApplyHints);
+  }} else {{
+    document.addEventListener("DOMContentLoaded", scfgApplyHints);
+  }}
+}})();
+"""

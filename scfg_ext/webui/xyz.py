@@ -1,0 +1,56 @@
+"""X/Y/Z plot axes for every S-CFG setting, derived from ``settings.FIELDS``.
+
+Each axis writes the cell's value on the cell's own copy of ``p`` (``p.scfg_xyz_<name>``); the script reads
+them back with ``overrides(p)``. Values are validated when the grid starts (``confirm``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..settings import FIELDS, Field
+
+PREFIX = "[S-CFG] "
+ATTR = "scfg_xyz_"
+
+
+def _apply(field: Field):
+    def apply(p, x, xs):
+        setattr(p, ATTR + field.name, field.from_text(x) if isinstance(x, str) else field.check(x))
+
+    return apply
+
+
+def _confirm(field: Field):
+    def confirm(p, xs):
+        for x in xs:
+            field.from_text(x) if isinstance(x, str) else field.check(x)  # raises SettingsError naming the field
+
+    return confirm
+
+
+def axis_options(xyz) -> list:
+    options = []
+    for f in FIELDS:
+        label = PREFIX + ("Enabled" if f.name == "enabled" else f.label)
+        if f.kind is bool:
+            opt = xyz.AxisOption(label, str, _apply(f), choices=xyz.boolean_choice(reverse=True), confirm=_confirm(f))
+        elif f.kind is str:
+            opt = xyz.AxisOption(label, str, _apply(f), choices=lambda f=f: list(f.choices), confirm=_confirm(f))
+        else:
+            opt = xyz.AxisOption(label, float, _apply(f), confirm=_confirm(f))
+        options.append(opt)
+    return options
+
+
+def register(xyz) -> bool:
+    """Add the axes to ``xyz.axis_options`` once (also across "Reload UI"). True if added now."""
+    if xyz is None or any(getattr(o, "label", "").startswith(PREFIX) for o in xyz.axis_options):
+        return False
+    xyz.axis_options.extend(axis_options(xyz))
+    return True
+
+
+def overrides(p) -> dict[str, Any]:
+    """The X/Y/Z values set on this cell's ``p``."""
+    return {f.name: getattr(p, ATTR + f.name) for f in FIELDS if hasattr(p, ATTR + f.name)}

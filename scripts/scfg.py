@@ -1,0 +1,83 @@
+"""S-CFG for AUTOMATIC1111's WebUI: the AlwaysOn script. Thin: everything lives in ``scfg_ext``.
+
+Loaded by the WebUI as module ``scfg.py`` with the extension directory on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from scfg_ext.settings import FIELDS
+from scfg_ext.webui import api, controls, host, infotext, xyz
+from scfg_ext.webui.a1111 import Glue
+
+GLUE = Glue()
+_undo_api = []
+
+
+class ScfgScript(host.scripts.Script):
+    def title(self):
+        return api.TITLE
+
+    def show(self, is_img2img):
+        return host.scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        components = controls.build(host.gr, host.InputAccordion, self.elem_id)
+        self.infotext_fields = [(c, f.infotext) for c, f in zip(components, FIELDS, strict=True)]
+        self.paste_field_names = list(infotext.KEYS)
+        return components
+
+    def process(self, p, *args):
+        logging.getLogger("sd-webui-scfg").setLevel(logging.INFO if host.option("scfg_verbose", False)
+                                                     else logging.WARNING)
+        GLUE.process(p, args)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        GLUE.before_sampling(p)
+
+    def postprocess(self, p, processed, *args):
+        GLUE.stop()
+
+
+def _register(on, callback, name):
+    try:
+        on(callback, name=name)
+    except TypeError:  # name= exists since 1.9
+        on(callback)
+
+
+def _on_before_ui():
+    xyz.register(host.xyz_grid())
+
+
+def _on_ui_settings():
+    section = ("scfg", "S-CFG")
+    host.shared.opts.add_option("scfg_verbose", host.option_info(
+        False, "Verbose S-CFG logging in the console", section=section))
+
+
+def _on_infotext_pasted(text, params):
+    for problem in infotext.fill_pasted(params):
+        host.log.warning("S-CFG infotext: %s; that setting was left unchanged", problem)
+
+
+def _on_app_started(demo, app):
+    api_class = host.api_class()
+    if api_class is not None:
+        _undo_api.append(api.install(api_class, host.http_error))
+
+
+def _on_script_unloaded():
+    GLUE.stop()
+    while _undo_api:
+        _undo_api.pop()()
+
+
+_register(host.script_callbacks.on_cfg_denoiser, GLUE.on_cfg_denoiser, "scfg_plan_rows")
+_register(host.script_callbacks.on_before_ui, _on_before_ui, "scfg_xyz_axes")
+_register(host.script_callbacks.on_ui_settings, _on_ui_settings, "scfg_settings")
+_register(host.script_callbacks.on_infotext_pasted, _on_infotext_pasted, "scfg_infotext")
+_register(host.script_callbacks.on_app_started, _on_app_started, "scfg_api_validation")
+_register(host.script_callbacks.on_script_unloaded, _on_script_unloaded, "scfg_cleanup")
+xyz.register(host.xyz_grid())  # the built-in X/Y/Z script loads before extensions; also covers --nowebui
