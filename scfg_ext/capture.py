@@ -122,9 +122,12 @@ def attention_probs(module: torch.nn.Module, x: torch.Tensor, context: torch.Ten
     return total / heads
 
 
-class ShapeMismatch(RuntimeError):
-    """Attention maps whose size does not fit the latent (e.g. another extension resized the U-Net's
-    internal features). The step falls back to plain CFG."""
+def select_rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``x[rows]``, as a view when the rows are contiguous (the usual case: no index tensor copied to the
+    device, so no implicit host-device synchronisation inside the U-Net forward)."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return x[rows[0] : rows[0] + len(rows)]
+    return x[torch.tensor(rows, device=x.device)]
 
 
 class AttentionCapture:
@@ -245,8 +248,7 @@ class AttentionCapture:
             x = args[0]
             if self._check(self.layers[layer_index], x.shape[1]) is None:
                 return
-            xr = x[rows]
-            self._pending[layer_index] = attention_probs(module, xr)
+            self._pending[layer_index] = attention_probs(module, select_rows(x, rows))
 
         return self._guarded(hook)
 
@@ -264,7 +266,8 @@ class AttentionCapture:
             hw = self._check(layer, x.shape[1])
             if hw is None:
                 return
-            cross = attention_probs(module, x[rows], None if context is None else context[rows])
+            context = None if context is None else select_rows(context, rows)
+            cross = attention_probs(module, select_rows(x, rows), context)
             if self.observer is not None:
                 self.observer(layer, [self._call_roles[r] for r in rows], self_attn, cross)
             with torch.no_grad():

@@ -9,6 +9,7 @@ Shapes: ``B`` rows (images), ``T`` token positions, ``N = h*w`` attention positi
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 
@@ -30,10 +31,16 @@ def _gaussian_kernel_1d() -> list[float]:
 GAUSSIAN_1D = _gaussian_kernel_1d()
 
 
-def gaussian_kernel(device=None) -> torch.Tensor:
-    """The 3x3 smoothing kernel (outer product of ``GAUSSIAN_1D``), float32."""
+@functools.lru_cache(maxsize=8)
+def _kernel(device: torch.device) -> torch.Tensor:
     k = torch.tensor(GAUSSIAN_1D, dtype=torch.float32, device=device)
     return torch.outer(k, k)
+
+
+def gaussian_kernel(device=None) -> torch.Tensor:
+    """The 3x3 smoothing kernel (outer product of ``GAUSSIAN_1D``), float32 (cached per device: no host
+    to device copy per call)."""
+    return _kernel(torch.device(device or "cpu"))
 
 
 def gaussian_smooth(maps: torch.Tensor) -> torch.Tensor:
@@ -78,11 +85,16 @@ def grid_size(latent_size: Sequence[int], factor: int = 4) -> tuple[int, int]:
 
 def background_mask(num_tokens: int, background_tokens: Iterable[int], device=None) -> torch.Tensor:
     """Bool ``(T,)``: True at the background token positions (the SOT of every 77-token chunk)."""
-    bg = torch.zeros(num_tokens, dtype=torch.bool, device=device)
+    return _background(num_tokens, tuple(sorted(set(background_tokens))), torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=64)
+def _background(num_tokens: int, background_tokens: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    bg = torch.zeros(num_tokens, dtype=torch.bool)
     idx = [t for t in background_tokens if 0 <= t < num_tokens]
     if idx:
         bg[idx] = True
-    return bg
+    return bg.to(device)
 
 
 def chunk_starts(num_tokens: int, chunk: int = 77) -> tuple[int, ...]:
@@ -116,14 +128,20 @@ def spatial_normalise(maps: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
     return maps / (maps.mean(dim=(-2, -1), keepdim=True) + eps)
 
 
+def _pair_weights(background: torch.Tensor, dtype) -> torch.Tensor:
+    # (T, 2) 0/1 columns [background, rest]: a matmul instead of boolean indexing, which would make the
+    # GPU wait for the host at every layer
+    return torch.stack([background, ~background], dim=1).to(dtype)
+
+
 def foreground_pair(maps: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """``(B, 2, gh, gw)``: [background tokens summed, all other tokens summed] of un-normalised maps."""
-    return torch.stack([maps[:, background].sum(1), maps[:, ~background].sum(1)], dim=1)
+    return torch.einsum("bthw,tk->bkhw", maps, _pair_weights(background, maps.dtype))
 
 
 def reduce_to_pair(cross: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """Reduce ``(B, N, T)`` cross maps to ``(B, N, 2)`` [background, rest] before the (linear) layer work."""
-    return torch.stack([cross[..., background].sum(-1), cross[..., ~background].sum(-1)], dim=-1)
+    return cross @ _pair_weights(background, cross.dtype)
 
 
 def normalise_pair(pair: torch.Tensor) -> torch.Tensor:
