@@ -11,8 +11,8 @@ import launch
 REQUIREMENTS = (("torch", "torch"), ("gradio", "gradio"))
 
 
-def missing(requirements=REQUIREMENTS):
-    return [(name, spec) for name, spec in requirements if not launch.is_installed(name)]
+def missing():
+    return [(name, spec) for name, spec in REQUIREMENTS if not launch.is_installed(name)]
 
 
 def main():
