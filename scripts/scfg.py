@@ -11,7 +11,7 @@ from scfg_ext.settings import FIELDS
 from scfg_ext.webui import api, controls, host, infotext, xyz
 from scfg_ext.webui.a1111 import Glue
 
-GLUE = Glue()
+GLUE = Glue(legacy=not hasattr(host.scripts.Script, "process_before_every_sampling"))  # A1111 < 1.10
 _undo_api = []
 
 
@@ -37,7 +37,7 @@ class ScfgScript(host.scripts.Script):
         GLUE.before_sampling(p)
 
     def postprocess(self, p, processed, *args):
-        GLUE.stop()
+        GLUE.finish()
 
 
 def _register(on, callback, name):
@@ -69,7 +69,7 @@ def _on_app_started(demo, app):
 
 
 def _on_script_unloaded():
-    GLUE.stop()
+    GLUE.finish()
     while _undo_api:
         _undo_api.pop()()
 

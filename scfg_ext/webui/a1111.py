@@ -69,12 +69,17 @@ class Pass:
 class Glue:
     """The A1111 side of one WebUI process. ``notice(p, message)`` shows a message to the user."""
 
-    def __init__(self):
+    def __init__(self, legacy: bool = False):
         self.current: Pass | None = None
+        # A1111 1.6-1.9 have no process_before_every_sampling: the pass is then installed from the first
+        # on_cfg_denoiser call of each sampler (before that step's U-Net calls and combination)
+        self.legacy = legacy
+        self.pending = None  # the p of the generation in progress, when S-CFG is on
 
     # -- script hooks -------------------------------------------------------------------------------------
     def process(self, p, args) -> Settings | None:
         self.stop()  # a pass left over from a run that crashed outside sampling
+        self.pending = None
         p.scfg_settings = None
         try:
             settings = resolve_settings(args, p)
@@ -89,6 +94,7 @@ class Glue:
             return None
         p.scfg_settings = settings
         p.extra_generation_params.update(infotext.write(settings))
+        self.pending = p
         return settings
 
     def before_sampling(self, p) -> bool:
@@ -110,6 +116,11 @@ class Glue:
             notice(p, f"S-CFG could not start ({type(e).__name__}: {e}); using plain CFG")
             return False
         return True
+
+    def finish(self) -> None:
+        """End of the generation (``postprocess``, script unload)."""
+        self.pending = None
+        self.stop()
 
     def stop(self) -> None:
         """Undo everything of the current pass (idempotent)."""
@@ -150,6 +161,11 @@ class Glue:
 
     # -- per step -----------------------------------------------------------------------------------------
     def on_cfg_denoiser(self, params) -> None:
+        if self.legacy and self.pending is not None:
+            p = self.pending
+            denoiser = getattr(params, "denoiser", None) or getattr(getattr(p, "sampler", None), "model_wrap_cfg", None)
+            if denoiser is not None and (self.current is None or self.current.denoiser is not denoiser):
+                self.before_sampling(p)
         current = self.current
         if current is None:
             return
