@@ -110,3 +110,19 @@ def test_unplanned_rows_and_incomplete_rows_are_ignored(small_unet):
         capture.plan_step([Cond(0)])
         small_unet.middle_block(torch.randn(1, 128, 4, 4), torch.zeros(1, 128), c)  # only one block ran
         assert capture.masks() == {}
+
+
+def test_roles_given_per_call_equal_roles_planned_per_step(small_unet):
+    # backends that know each call's rows (Forge's cond_or_uncond) declare them call by call
+    x0, c, u = X[:1], ctx(51), ctx(52)
+    planned = capture_step(small_unet, [[(x0, c, Cond(0))], [(x0, u, Uncond(0))]], foreground="uncond")
+    capture = AttentionCapture(foreground="uncond")
+    with capture.attach(small_unet):
+        capture.plan_step([])
+        capture.plan_call([Cond(0)])
+        small_unet(x0, T_STEP, context=c)
+        capture.plan_call([Uncond(0)])
+        small_unet(x0, T_STEP, context=u)
+        per_call = capture.masks()
+    assert torch.equal(per_call[Cond(0)][0], planned[Cond(0)][0])
+    assert torch.equal(per_call[Cond(0)][1], planned[Cond(0)][1])
