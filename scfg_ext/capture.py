@@ -101,8 +101,10 @@ def level_size(latent_size: Sequence[int], factor: int) -> tuple[int, int]:
 def attention_probs(module: torch.nn.Module, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
     """Head-averaged ``softmax(q k^T * scale)`` of an attention module, ``(B, N, K)`` float32.
 
-    Recomputed from ``module.to_q``/``module.to_k`` exactly as ldm's ``CrossAttention.forward`` does, with
-    the heads processed in chunks so the peak stays under a fixed budget at any resolution.
+    Recomputed from ``module.to_q``/``module.to_k`` exactly as ldm's ``CrossAttention.forward`` does. The
+    projections run as the U-Net runs them (under the WebUI's autocast, in half precision); the product and
+    softmax in float32 with autocast off, all heads at once, or in head chunks when that would exceed a fixed
+    memory budget (very large latents).
     """
     context = x if context is None else context
     heads = module.heads
@@ -111,15 +113,17 @@ def attention_probs(module: torch.nn.Module, x: torch.Tensor, context: torch.Ten
     b, n, inner = q.shape
     d = inner // heads
     scale = getattr(module, "scale", d**-0.5)
-    q = q.reshape(b, n, heads, d).transpose(1, 2).float()
-    k = k.reshape(b, k.shape[1], heads, d).transpose(1, 2).float()
-    per_head = b * n * k.shape[2] * 4
-    step = max(1, min(heads, _PROB_BUDGET_BYTES // max(per_head, 1)))
-    total = None
-    for h0 in range(0, heads, step):
-        p = (torch.matmul(q[:, h0:h0 + step], k[:, h0:h0 + step].transpose(-1, -2)) * scale).softmax(-1).sum(1)
-        total = p if total is None else total + p
-    return total / heads
+    with torch.autocast(q.device.type, enabled=False):
+        q = q.reshape(b, n, heads, d).transpose(1, 2).float() * scale
+        k = k.reshape(b, k.shape[1], heads, d).transpose(1, 2).float()
+        step = max(1, min(heads, _PROB_BUDGET_BYTES // max(b * n * k.shape[2] * 4, 1)))
+        if step >= heads:
+            return torch.matmul(q, k.transpose(-1, -2)).softmax(-1).mean(1)
+        total = None
+        for h0 in range(0, heads, step):
+            p = torch.matmul(q[:, h0 : h0 + step], k[:, h0 : h0 + step].transpose(-1, -2)).softmax(-1).sum(1)
+            total = p if total is None else total.add_(p)
+        return total / heads
 
 
 def select_rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -149,10 +153,11 @@ class AttentionCapture:
         self._handles: list = []
         self._plan: list[Role] = []
         self._cursor = 0
-        self._call_roles: list[Role | None] = []
+        self._call: _CallMaps | None = None
         self._latent: tuple[int, int] | None = None
+        self._device = "cpu"
         self._pending: dict[int, torch.Tensor] = {}
-        self._acc: dict[Role, M.MaskAccumulator] = {}
+        self._calls: list[_CallMaps] = []  # this step's accumulators, one per U-Net call
         self.error: str | None = None  # why this step's maps are unusable, if they are
         # optional ``observer(layer, roles, self_attn, cross_attn)``: sees every captured layer's head-averaged
         # maps for the needed rows (tests, debugging, map galleries)
@@ -190,7 +195,7 @@ class AttentionCapture:
         whose maps are not needed). An empty plan captures nothing."""
         self._plan = list(roles)
         self._cursor = 0
-        self._acc = {}
+        self._calls = []
         self._pending.clear()
         self.error = None
 
@@ -198,21 +203,19 @@ class AttentionCapture:
         """Give the roles of the next U-Net call explicitly (for backends that know them per call)."""
         self._plan = self._plan[: self._cursor] + list(roles) + self._plan[self._cursor :]
 
-    def _needed(self, role: Role | None) -> bool:
-        return isinstance(role, Cond) or (isinstance(role, Uncond) and self.foreground == "uncond")
-
     def _on_unet_call(self, module, args, kwargs):
         x = args[0] if args else kwargs.get("x")
         n = x.shape[0]
         roles = self._plan[self._cursor : self._cursor + n]
         self._cursor += n
         roles += [None] * (n - len(roles))
-        self._call_roles = roles
         self._latent = tuple(x.shape[-2:])
+        self._device = x.device.type
         self._pending.clear()
-
-    def _rows(self) -> list[int]:
-        return [i for i, r in enumerate(self._call_roles) if self._needed(r)]
+        call = _CallMaps(roles, self.foreground == "uncond")
+        self._call = call if call.rows else None
+        if self._call is not None:
+            self._calls.append(call)
 
     def _check(self, layer: AttentionLayer, n: int) -> tuple[int, int] | None:
         h, w = level_size(self._latent, layer.factor)
@@ -239,59 +242,39 @@ class AttentionCapture:
         return hook
 
     def _self_hook(self, i: int):
-        layer_index = i
+        layer = self.layers[i]
 
         def hook(module, args, kwargs):
-            rows = self._rows()
-            if not rows or self.error:
+            call = self._call
+            if call is None:
                 return
             x = args[0]
-            if self._check(self.layers[layer_index], x.shape[1]) is None:
-                return
-            self._pending[layer_index] = attention_probs(module, select_rows(x, rows))
+            if self._check(layer, x.shape[1]) is not None:
+                self._pending[i] = attention_probs(module, select_rows(x, call.rows))
 
         return self._guarded(hook)
 
     def _cross_hook(self, i: int):
-        layer_index = i
+        layer = self.layers[i]
 
         def hook(module, args, kwargs):
-            self_attn = self._pending.pop(layer_index, None)
-            rows = self._rows()
-            if self_attn is None or not rows or self.error:
+            self_attn = self._pending.pop(i, None)
+            call = self._call
+            if self_attn is None or call is None:
                 return
-            layer = self.layers[layer_index]
             x = args[0]
             context = kwargs.get("context", args[1] if len(args) > 1 else None)
             hw = self._check(layer, x.shape[1])
             if hw is None:
                 return
-            context = None if context is None else select_rows(context, rows)
-            cross = attention_probs(module, select_rows(x, rows), context)
+            context = None if context is None else select_rows(context, call.rows)
+            cross = attention_probs(module, select_rows(x, call.rows), context)
             if self.observer is not None:
-                self.observer(layer, [self._call_roles[r] for r in rows], self_attn, cross)
-            with torch.no_grad():
-                self._fold(self_attn, cross, rows, hw)
+                self.observer(layer, [call.roles[r] for r in call.rows], self_attn, cross)
+            with torch.no_grad(), torch.autocast(cross.device.type, enabled=False):
+                call.fold(self_attn, cross, hw, M.grid_size(self._latent), self.refine)
 
         return self._guarded(hook)
-
-    def _fold(self, self_attn: torch.Tensor, cross: torch.Tensor, rows: list[int], hw: tuple[int, int]) -> None:
-        grid = M.grid_size(self._latent)
-        tokens = cross.shape[-1]
-        background = M.background_mask(tokens, M.chunk_starts(tokens, CHUNK_TOKENS), cross.device)
-        roles = [self._call_roles[r] for r in rows]
-        full = [j for j, role in enumerate(roles) if isinstance(role, Cond)]
-        pair = [j for j, role in enumerate(roles) if isinstance(role, Uncond)]
-        if full:
-            maps = M.layer_maps(self_attn[full], cross[full], hw, grid, self.refine)
-            for k, j in enumerate(full):
-                self._acc.setdefault(roles[j], M.MaskAccumulator()).add_tokens(maps[k : k + 1], background)
-        if pair:
-            # uncond rows only feed the foreground: reduce to [background, rest] before the linear layer work
-            reduced = M.reduce_to_pair(cross[pair], background)
-            maps = M.layer_maps(self_attn[pair], reduced, hw, grid, self.refine)
-            for k, j in enumerate(pair):
-                self._acc.setdefault(roles[j], M.MaskAccumulator()).add_pair(maps[k : k + 1])
 
     # -- results ------------------------------------------------------------------------------------------
     def masks(self, latent_size: Sequence[int] | None = None) -> dict[Cond, tuple[torch.Tensor, torch.Tensor]]:
@@ -302,15 +285,53 @@ class AttentionCapture:
             return {}
         size = tuple(latent_size) if latent_size is not None else self._latent
         expected = len(self.layers)
-        complete = {role: acc for role, acc in self._acc.items() if acc.layers == expected}
-        out: dict[Cond, tuple[torch.Tensor, torch.Tensor]] = {}
-        for role, acc in complete.items():
-            if not isinstance(role, Cond):
-                continue
-            source = complete.get(Uncond(role.image)) if self.foreground == "uncond" else None
-            source = source or acc
-            out[role] = (
-                M.regions_from_tokens(acc.tokens, acc.layers, size),
-                M.foreground_from_pair(source.pair, source.layers, size),
-            )
+        tokens: dict[Cond, torch.Tensor] = {}
+        pairs: dict[Role, torch.Tensor] = {}
+        with torch.autocast(self._device, enabled=False):
+            for call in self._calls:
+                call.results(expected, tokens, pairs)
+            out: dict[Cond, tuple[torch.Tensor, torch.Tensor]] = {}
+            for role, tok in tokens.items():
+                source = pairs.get(Uncond(role.image)) if self.foreground == "uncond" else None
+                pair = pairs[role] if source is None else source
+                out[role] = (M.regions_from_tokens(tok, size), M.foreground_from_pair(pair, size))
         return out
+
+
+class _CallMaps:
+    """The rows of one U-Net call whose maps are needed, and their running sums (batched over rows)."""
+
+    def __init__(self, roles: list[Role | None], uncond_needed: bool):
+        self.roles = roles
+        self.full_roles = [r for r in roles if isinstance(r, Cond)]
+        self.pair_roles = [r for r in roles if isinstance(r, Uncond)] if uncond_needed else []
+        wanted = set(self.full_roles) | set(self.pair_roles)
+        self.rows = [i for i, r in enumerate(roles) if r in wanted]
+        picked = [roles[i] for i in self.rows]
+        self.full_idx = [j for j, r in enumerate(picked) if isinstance(r, Cond)]
+        self.pair_idx = [j for j, r in enumerate(picked) if isinstance(r, Uncond)]
+        self.full = M.MaskAccumulator()
+        self.pair = M.MaskAccumulator()
+
+    def fold(self, self_attn, cross, hw, grid, refine) -> None:
+        tokens = cross.shape[-1]
+        pair_w = M.pair_weights(tokens, M.chunk_starts(tokens, CHUNK_TOKENS), cross.device)
+        if self.full_idx:
+            s, c = select_rows(self_attn, self.full_idx), select_rows(cross, self.full_idx)
+            self.full.add_tokens(M.layer_maps(s, c, hw, grid, refine), pair_w)
+        if self.pair_idx:
+            # uncond rows only feed the foreground: reduce to [background, rest] before the linear layer work
+            s, c = select_rows(self_attn, self.pair_idx), select_rows(cross, self.pair_idx)
+            self.pair.add_pair(M.layer_maps(s, M.reduce_to_pair(c, pair_w), hw, grid, refine))
+
+    def results(self, expected_layers: int, tokens: dict, pairs: dict) -> None:
+        """Add this call's complete rows to ``tokens`` (cond rows) and ``pairs`` (every row)."""
+        if self.full_roles and self.full.layers == expected_layers:
+            tok, pair = self.full.tokens(), self.full.pair()
+            for k, role in enumerate(self.full_roles):
+                tokens[role] = tok[k : k + 1]
+                pairs[role] = pair[k : k + 1]
+        if self.pair_roles and self.pair.layers == expected_layers:
+            pair = self.pair.pair()
+            for k, role in enumerate(self.pair_roles):
+                pairs[role] = pair[k : k + 1]

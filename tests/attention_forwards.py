@@ -38,7 +38,8 @@ def split_cross_attention_forward(self, x, context=None, mask=None, **kwargs):
     v_in = self.to_v(context)
     b, n, inner = q_in.shape
     d = inner // h
-    q, k, v = (t.reshape(b, t.shape[1], h, d).permute(0, 2, 1, 3).reshape(b * h, t.shape[1], d) for t in (q_in, k_in, v_in))
+    q, k, v = (t.reshape(b, t.shape[1], h, d).permute(0, 2, 1, 3).reshape(b * h, t.shape[1], d)
+               for t in (q_in, k_in, v_in))
     r1 = torch.zeros(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype)
     slice_size = max(1, q.shape[1] // 4)
     for i in range(0, q.shape[1], slice_size):

