@@ -46,7 +46,7 @@ SAMPLERS = {  # name -> (k-diffusion function, model evaluations for n steps, de
 }
 MAX_WORDS = 9
 
-DEFAULTS = dict(size=256, steps=10, seed=0, cfg_scale=7.5, sampler="euler", scheduler="auto", words=4,
+DEFAULTS = dict(size=256, steps=6, seed=0, cfg_scale=7.5, sampler="euler", scheduler="auto", words=4,
                 channels=320, res_blocks=2, out="scfg_demo.png")
 
 # ------------------------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ MARGIN = 20
 GAP = 20
 HEADER_H = 62
 TITLE_H = 42
-INFO_H = 128
+INFO_H = 150  # fits 11 legend entries in two columns plus the foreground line
 FOOTER_H = 46
 BG = (250, 250, 248)
 INK = (30, 30, 30)
@@ -333,8 +333,7 @@ def draw_figure(result: DemoResult, words: int, cfg_scale: float) -> Image.Image
     y = info_top + rows * 18 + 4
     d.rectangle((boxes[2][0], y + 2, boxes[2][0] + 12, y + 14), fill=(60, 60, 60), outline=(255, 255, 255),
                 width=2)
-    d.text((boxes[2][0] + 18, y), "white outline: foreground", font=f_text, fill=INK)
-    d.text((boxes[2][0] + 18, y + 17), "(the benchmark region)", font=f_small, fill=MUTED)
+    d.text((boxes[2][0] + 18, y), "white outline: foreground (benchmark)", font=f_text, fill=INK)
 
     # colour bar for the rate map
     bx0, bx1 = boxes[3][0], boxes[3][2]
@@ -370,8 +369,8 @@ def draw_figure(result: DemoResult, words: int, cfg_scale: float) -> Image.Image
 
 def _size(text: str) -> int:
     value = int(text)
-    if value < 32 or value % 8:
-        raise argparse.ArgumentTypeError(f"--size must be a multiple of 8, at least 32 (got {text})")
+    if value < 64 or value % 64:  # the SD U-Net downsamples the latent (size/8) 3 times, then concatenates skips
+        raise argparse.ArgumentTypeError(f"--size must be a multiple of 64 (latent a multiple of 8), got {text}")
     return value
 
 
@@ -390,12 +389,15 @@ def parser() -> argparse.ArgumentParser:
             "random weights and a real k-diffusion sampler, from the same seed and noise, and write one PNG: "
             "both final latents as images (A1111 'approx cheap' latent->RGB), the token-region map and the rate "
             "map of the last S-CFG step. The prompt is a synthetic 77-token context (no text encoder offline). "
-            "The defaults (the full 859M-parameter SD1.5 U-Net, 256x256 px = 32x32 latent, 10 Euler steps) take "
-            "about 2 minutes on 2 CPU cores; use --channels 64 --res-blocks 1 for a run of a few seconds."),
+            "Defaults: the full 859M-parameter SD1.5 U-Net at 256x256 px (32x32 latent, 8x8 region cells) with 6 "
+            "Euler steps, two runs of 6 U-Net calls each: about 1 minute on 2 idle CPU cores (about 3.4 s per "
+            "call), several times longer when the cores are busy with other work. More --steps cost about 7 s "
+            "each; --channels 64 --res-blocks 1 (same layout, shrunk) takes seconds."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--size", type=_size, default=DEFAULTS["size"],
-                   help="image side in pixels (multiple of 8; the latent is size/8, the region grid size/32)")
+                   help="image side in pixels, a multiple of 64 so that the SD U-Net's skip connections fit "
+                        "(latent size/8, region grid size/32)")
     p.add_argument("--steps", type=_positive, default=DEFAULTS["steps"], help="sampling steps")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                    help="seed of the U-Net weights, the synthetic prompt and the initial noise")
@@ -422,7 +424,8 @@ def main(argv: Sequence[str] | None = None) -> DemoResult:
         parser().error(f"--channels must be a multiple of 8 (8 attention heads), got {args.channels}")
     start = time.perf_counter()
     print(f"S-CFG demo: {describe_model(args)}, random weights, {args.size}x{args.size} px, "
-          f"{args.sampler}, {args.steps} steps, CFG {args.cfg_scale:g}, seed {args.seed}", flush=True)
+          f"{args.sampler}, {args.steps} steps, CFG {args.cfg_scale:g}, seed {args.seed} "
+          "(--help: sizes, samplers, a shrunk U-Net for seconds-long runs)", flush=True)
     result = run_demo(args, progress=not args.no_progress)
     t = time.perf_counter()
     figure = draw_figure(result, args.words, args.cfg_scale)
