@@ -10,6 +10,7 @@ conds -> ``p.sample`` (sampler creation, ``process_before_every_sampling``, samp
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 from pathlib import Path
@@ -22,8 +23,9 @@ SCRIPT = ROOT / "scripts" / "scfg.py"
 XYZ = STAND_IN / "webui_scripts" / "xyz_grid.py"
 
 
-def load_webui():
-    """Import the stand-in WebUI and load xyz_grid.py and our script through ``scripts.load_scripts``."""
+def load_webui(extra_scripts=()):
+    """Import the stand-in WebUI and load xyz_grid.py, ``extra_scripts`` (other extensions' script files, in
+    this order, before ours: their AlwaysOn hooks run first) and our script through ``scripts.load_scripts``."""
     if str(STAND_IN) not in sys.path:
         sys.path.insert(0, str(STAND_IN))
     from scfg_ext import testbed
@@ -37,11 +39,14 @@ def load_webui():
     import modules.scripts as scripts
     import modules.shared as shared
 
-    scripts.load_scripts([(scripts.script_path, str(XYZ)), (str(ROOT), str(SCRIPT))])
+    extra = [str(f) for f in extra_scripts]
+    scripts.load_scripts([(scripts.script_path, str(XYZ)), *((str(Path(f).parent), f) for f in extra),
+                          (str(ROOT), str(SCRIPT))])
     ns = types.SimpleNamespace(scripts=scripts, shared=shared, processing=processing, prompt_parser=prompt_parser,
                                script_callbacks=script_callbacks)
     ns.script_module = next(d.module for d in scripts.scripts_data if d.path == str(SCRIPT))
     ns.xyz = next(d.module for d in scripts.scripts_data if d.path == str(XYZ))
+    ns.extra_modules = [next(d.module for d in scripts.scripts_data if d.path == f) for f in extra]
     return ns
 
 
@@ -54,6 +59,24 @@ def build_runner(webui, is_img2img=False):
     with gr.Blocks():
         runner.setup_ui()
     return runner
+
+
+@contextlib.contextmanager
+def extension_absent(webui):
+    """The WebUI as if the extension were not installed: its ``script_callbacks`` registrations (made from
+    ``scripts/scfg.py``) are taken out for the duration; use with ``generate(webui, None, ...)`` or a runner
+    without our script."""
+    cb = webui.script_callbacks
+    saved = {name: list(callbacks) for name, callbacks in cb.callback_map.items()}
+    for callbacks in cb.callback_map.values():
+        callbacks[:] = [c for c in callbacks if c.script != str(SCRIPT)]
+    cb.ordered_callbacks_map.clear()
+    try:
+        yield
+    finally:
+        for name, callbacks in saved.items():
+            cb.callback_map[name][:] = callbacks
+        cb.ordered_callbacks_map.clear()  # rebuilt from callback_map on next use
 
 
 def our_script(runner):
@@ -99,56 +122,90 @@ def conds(prompts, steps, uncond=None):
     return c, uc
 
 
-def generate(webui, runner, unet_model, prompts, uncond, *, size=(32, 32), steps=3, sampler="Euler",
-             cfg_scale=7.5, seed=0, args=None, hires=None, img2img=None, mask=None, p_fields=None):
-    """One generation (batch = len(prompts)) through the stand-in pipeline; returns ``(samples, p)``.
-
-    ``size`` is the latent size. ``hires=(latent_size, steps)`` adds the hires pass (latent upscale) as
-    ``StableDiffusionProcessingTxt2Img.sample_hr_pass`` does it. ``img2img=init_latent`` (optionally with a
-    latent ``mask``, 1 = keep the original) runs ``StableDiffusionProcessingImg2Img`` instead.
-    """
-    import torch.nn.functional as F
-
+def make_p(webui, runner, unet_model, batch_size=1, *, size=(32, 32), steps=3, sampler="Euler", cfg_scale=7.5,
+           seed=0, args=None, img2img=None, mask=None, p_fields=None, n_iter=1):
+    """The processing object the UI builds for a generation (before ``process_images``): txt2img, or
+    ``StableDiffusionProcessingImg2Img`` after ``init()`` when ``img2img=init_latent`` (optionally with a latent
+    ``mask``, 1 = keep the original). ``runner=None``: no scripts (``p.scripts`` None). ``size`` is the latent size."""
     processing = webui.processing
     webui.shared.sd_model = unet_model
-    gen = torch.Generator().manual_seed(seed)
-    b = len(prompts)
-    noise = torch.randn(b, 4, *size, generator=gen)
-    fields = dict(sampler_name=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=b, width=size[1] * 8,
-                  height=size[0] * 8, **(p_fields or {}))
+    b = batch_size
+    fields = dict(sampler_name=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=b, n_iter=n_iter, seed=seed,
+                  width=size[1] * 8, height=size[0] * 8, **(p_fields or {}))
     if img2img is None:
         p = processing.StableDiffusionProcessingTxt2Img(**fields)
     else:
-        p = processing.StableDiffusionProcessingImg2Img(denoising_strength=0.6, **fields)
+        p = processing.StableDiffusionProcessingImg2Img(**{"denoising_strength": 0.6, **fields})
         p.init_latent = img2img
-        p.image_conditioning = img2img.new_zeros(b, 5, 1, 1)
+        # processing.py img2img_image_conditioning: an edit (instruct-pix2pix) model is conditioned on the
+        # encoded source image; other non-inpainting models get (B, 5, 1, 1) zeros
+        edit = getattr(unet_model, "cond_stage_key", None) == "edit"
+        p.image_conditioning = img2img if edit else img2img.new_zeros(b, 5, 1, 1)
         if mask is not None:
             p.mask, p.nmask = mask, 1 - mask
-    p.rng = types.SimpleNamespace(next=lambda: noise.clone())
-    p.scripts = runner
-    p.script_args = args if args is not None else script_args(runner)
+    if runner is not None:
+        p.scripts = runner
+        p.script_args = args if args is not None else script_args(runner)
+    return p
+
+
+def generate(webui, runner, unet_model, prompts, uncond, *, size=(32, 32), steps=3, sampler="Euler",
+             cfg_scale=7.5, seed=0, args=None, hires=None, img2img=None, mask=None, p_fields=None, n_iter=1,
+             noise=None, p=None, cell=None, firstpass=None):
+    """One generation (batch = len(prompts), ``n_iter`` batches) through the stand-in pipeline; returns
+    ``(samples, p)`` with the samples of all batches concatenated.
+
+    ``p`` from ``make_p`` is used instead of a new one built from the keyword arguments of ``make_p`` (size,
+    steps, sampler, cfg_scale, seed, args, img2img, mask, p_fields, n_iter; the values in ``p`` win).
+    ``cell=[(axis_option, value, all_values), ...]`` runs one X/Y/Z plot cell: ``xyz_grid``'s shallow copy of
+    ``p`` with the axes applied, then the processing of that copy (pass the same ``p`` to every cell, as the
+    grid does). Batch ``n`` draws its noise from seed ``p.seed + n * batch size`` (the first batch's ``noise``
+    may be given instead). ``hires=(latent_size, steps)`` adds the hires pass (latent upscale) as
+    ``StableDiffusionProcessingTxt2Img.sample_hr_pass`` does it; with ``firstpass=latent`` the first pass is
+    not sampled (upstream's ``firstpass_image`` path: no ``process_before_every_sampling`` for it). img2img's
+    sampler is created once, in ``init()``, and reused by every batch, as upstream.
+    """
+    import torch.nn.functional as F
+    from modules import sd_samplers
+
+    if p is None:
+        p = make_p(webui, runner, unet_model, len(prompts), size=size, steps=steps, sampler=sampler,
+                   cfg_scale=cfg_scale, seed=seed, args=args, img2img=img2img, mask=mask, p_fields=p_fields,
+                   n_iter=n_iter)
+    if cell:
+        p = webui.xyz.apply_cell(p, cell)
+    webui.shared.sd_model = unet_model
+    b, size, img2img = p.batch_size, (p.height // 8, p.width // 8), getattr(p, "init_latent", None)
     p.fill_fields_from_opts()
-    runner.before_process(p)
-    runner.process(p)
-    c, uc = conds(prompts, steps, uncond)
+    if p.scripts is not None:
+        p.scripts.before_process(p)
+        p.scripts.process(p)
+    c, uc = conds(prompts, p.steps, uncond)
     if img2img is not None:
-        from modules import sd_samplers
-
-        p.sampler = sd_samplers.create_sampler(sampler, unet_model)  # img2img's init() creates it
-    samples = p.sample(c, uc, None, None, 0, None)
-    if hires is not None:  # processing.py sample_hr_pass (~1364-1460), latent upscaler path
-        from modules import sd_samplers
-
-        hr_size, hr_steps = hires
-        p.is_hr_pass = True
-        p.sampler = sd_samplers.create_sampler(sampler, unet_model)
-        samples = F.interpolate(samples, size=hr_size, mode="bilinear")
-        hr_noise = torch.randn(b, 4, *hr_size, generator=gen)
-        runner.before_hr(p)
-        runner.process_before_every_sampling(p, x=samples, noise=hr_noise, c=c, uc=uc)
-        samples = p.sampler.sample_img2img(p, samples, hr_noise, c, uc, steps=hr_steps,
-                                           image_conditioning=samples.new_zeros(b, 5, 1, 1))
-        p.sampler = None
-        p.is_hr_pass = False
-    runner.postprocess(p, types.SimpleNamespace(images=[]))
-    return samples, p
+        p.sampler = sd_samplers.create_sampler(p.sampler_name, unet_model)  # img2img's init() creates it, once
+    batches = []
+    for n in range(p.n_iter):  # processing.py process_images_inner: one p.sample per batch
+        p.iteration = n
+        gen = torch.Generator().manual_seed(p.seed + n * b)
+        x = torch.randn(b, 4, *size, generator=gen)
+        if n == 0 and noise is not None:
+            x = noise
+        p.rng = types.SimpleNamespace(next=lambda x=x: x.clone())
+        samples = p.sample(c, uc, None, None, 0, None) if firstpass is None else firstpass
+        if hires is not None:  # processing.py sample_hr_pass (~1364-1460), latent upscaler path
+            hr_size, hr_steps = hires
+            p.is_hr_pass = True
+            p.sampler = sd_samplers.create_sampler(p.sampler_name, unet_model)
+            samples = F.interpolate(samples, size=hr_size, mode="bilinear")
+            hr_noise = torch.randn(b, 4, *hr_size, generator=gen)
+            if p.scripts is not None:
+                p.scripts.before_hr(p)
+                p.scripts.process_before_every_sampling(p, x=samples, noise=hr_noise, c=c, uc=uc)
+            samples = p.sampler.sample_img2img(p, samples, hr_noise, c, uc, steps=hr_steps,
+                                               image_conditioning=samples.new_zeros(b, 5, 1, 1))
+            p.sampler = None
+            p.is_hr_pass = False
+        batches.append(samples)
+    if p.scripts is not None:
+        p.scripts.postprocess(p, types.SimpleNamespace(images=[]))
+    return torch.cat(batches), p

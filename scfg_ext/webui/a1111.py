@@ -81,6 +81,11 @@ class Glue:
         self.stop()  # a pass left over from a run that crashed outside sampling
         self.pending = None
         p.scfg_settings = None
+        # X/Y/Z plot cells are shallow copies of one p and share its extra_generation_params dict: never write
+        # into it, and drop what an earlier cell wrote there, so a cell's infotext has S-CFG only if it used it
+        params = p.extra_generation_params or {}
+        if any(key in params for key in infotext.KEYS):
+            p.extra_generation_params = {k: v for k, v in params.items() if k not in infotext.KEYS}
         try:
             settings = resolve_settings(args, p)
         except SettingsError as e:
@@ -93,7 +98,7 @@ class Glue:
             notice(p, f"S-CFG is off for this model: {reason}; using plain CFG")
             return None
         p.scfg_settings = settings
-        p.extra_generation_params.update(infotext.write(settings))
+        p.extra_generation_params = {**(p.extra_generation_params or {}), **infotext.write(settings)}  # a copy
         self.pending = p
         return settings
 

@@ -240,6 +240,16 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
     init_latent = None
     image_conditioning = None
 
+    # mirrors StableDiffusionProcessingImg2Img.__post_init__ (processing.py ~1583-1588)
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+        self.image_mask = self.mask
+        self.mask = None
+        self.initial_noise_multiplier = (
+            opts.initial_noise_multiplier if self.initial_noise_multiplier is None else self.initial_noise_multiplier
+        )
+
     # processing.py ~1759-1789 (mask blend after sampling kept)
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         from modules import scripts

@@ -83,6 +83,8 @@ def _options_templates():
         "skip_early_cond": OI(0.0, "Ignore negative prompt during early sampling", infotext="Skip Early CFG"),
         "img2img_fix_steps": OI(False, "With img2img, do exactly the amount of steps the slider specifies."),
         "img2img_extra_noise": OI(0.0, "Extra noise multiplier for img2img and hires fix", infotext="Extra noise"),
+        # section "img2img" (~217)
+        "initial_noise_multiplier": OI(1.0, "Noise multiplier for img2img", infotext="Noise multiplier"),
         # infotext rendering (processing.create_infotext)
         "add_model_hash_to_info": OI(True, "Add model hash to infotext"),
         "add_model_name_to_info": OI(True, "Add model name to infotext"),

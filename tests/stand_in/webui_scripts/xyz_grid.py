@@ -271,9 +271,11 @@ def process_axis(p, opt, vals, vals_dropdown, csv_mode=False):
 
 
 # mirrors scripts/xyz_grid.py @ v1.10.1 (82a973c): Script.run.<locals>.cell, the part before process_images:
-# pc = copy(p) (shallow), then x_opt.apply(pc, x, xs), y_opt..., z_opt... . axes: [(opt, value, all_values), ...]
+# pc = copy(p) (shallow: pc.extra_generation_params, pc.comments ... are p's own dicts), pc.styles = pc.styles[:],
+# then x_opt.apply(pc, x, xs), y_opt..., z_opt... . axes: [(opt, value, all_values), ...]
 def apply_cell(p, axes):
     pc = copy(p)
+    pc.styles = pc.styles[:]
     for opt, x, xs in axes:
         opt.apply(pc, x, xs)
     return pc
