@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 
-from scfg_ext.settings import FIELDS
 from scfg_ext.webui import api, controls, host, infotext, xyz
 from scfg_ext.webui.a1111 import Glue
 
@@ -24,7 +23,7 @@ class ScfgScript(host.scripts.Script):
 
     def ui(self, is_img2img):
         components = controls.build(host.gr, host.InputAccordion, self.elem_id)
-        self.infotext_fields = [(c, f.infotext) for c, f in zip(components, FIELDS, strict=True)]
+        self.infotext_fields = list(zip(components, infotext.paste_keys(), strict=True))
         self.paste_field_names = list(infotext.KEYS)
         return components
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ..settings import FIELD_BY_NAME, FIELDS
 
 # rows of the compact layout, by field name; every field except "enabled" (the accordion's own box) once
@@ -42,10 +44,15 @@ def _component(gr, field, elem_id):
 
 def hints_js() -> str:
     """The content of ``javascript/scfg_hints.js``: each control's hint as its tooltip (generated from
-    ``FIELDS``; a test keeps the committed file equal to this)."""
-    entries = "\n".join(f"    {elem_suffix(f.name)!r}: {f.hint!r}," for f in FIELDS)
+    ``FIELDS``; a test keeps the committed file equal to this).
+
+    The accordion's hint goes on its header only: a title on the accordion element itself would show on hover
+    anywhere in its body, between the other controls. Titles are re-applied (written only when different) after
+    each UI update, so elements gradio or ``inputAccordion.js`` add later (the header's checkbox) get theirs."""
+    entries = "\n".join(f"    {json.dumps(elem_suffix(f.name))}: {json.dumps(f.hint, ensure_ascii=False)},"
+                         for f in FIELDS)
     return f"""// Generated from scfg_ext/settings.py FIELDS by scfg_ext.webui.controls.hints_js(); do not edit.
-// Tooltips for the S-CFG accordion: the WebUI shows an element's title attribute on hover.
+// Tooltips for the S-CFG accordion: the browser shows an element's title attribute on hover.
 (function () {{
   const scfgHints = {{
 {entries}
@@ -55,15 +62,17 @@ def hints_js() -> str:
     const app = typeof gradioApp === "function" ? gradioApp() : document;
     for (const [suffix, hint] of Object.entries(scfgHints)) {{
       app.querySelectorAll(`[id$="_${{suffix}}"], [id$="_${{suffix}}-checkbox"]`).forEach((el) => {{
-        if (el.title !== hint) {{
-          el.title = hint;
-          el.querySelectorAll("label, span, input, select").forEach((child) => (child.title = hint));
+        const target = el.querySelector(":scope > .label-wrap") || el; // InputAccordion: its header only
+        for (const node of [target, ...target.querySelectorAll("label, span, input, select, textarea")]) {{
+          if (node.title !== hint) node.title = hint;
         }}
       }});
     }}
   }}
 
-  if (typeof onUiUpdate === "function") {{
+  if (typeof onAfterUiUpdate === "function") {{
+    onAfterUiUpdate(scfgApplyHints); // debounced: not on every DOM mutation of the WebUI
+  }} else if (typeof onUiUpdate === "function") {{
     onUiUpdate(scfgApplyHints);
   }} else {{
     document.addEventListener("DOMContentLoaded", scfgApplyHints);

@@ -14,9 +14,21 @@ PREFIX = "[S-CFG] "
 ATTR = "scfg_xyz_"
 
 
+def value(field: Field, x: Any) -> Any:
+    """An axis value in the field's type; raises ``SettingsError`` naming the field.
+
+    Float ranges come from ``np.arange`` (``"0.4-1 (+0.2)"`` ends at 1.0000000000000002), so floats are rounded
+    to 10 decimals first: otherwise a range the user wrote within bounds is rejected for float noise."""
+    if isinstance(x, str):
+        return field.from_text(x)
+    if field.kind is float and isinstance(x, float):
+        x = round(x, 10)
+    return field.check(x)
+
+
 def _apply(field: Field):
     def apply(p, x, xs):
-        setattr(p, ATTR + field.name, field.from_text(x) if isinstance(x, str) else field.check(x))
+        setattr(p, ATTR + field.name, value(field, x))
 
     return apply
 
@@ -24,7 +36,7 @@ def _apply(field: Field):
 def _confirm(field: Field):
     def confirm(p, xs):
         for x in xs:
-            field.from_text(x) if isinstance(x, str) else field.check(x)  # raises SettingsError naming the field
+            value(field, x)
 
     return confirm
 
