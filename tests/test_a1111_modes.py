@@ -680,3 +680,17 @@ def test_xyz_cells_with_their_own_settings(webui, txt2img, model, reference):
     for x in xs:
         assert torch.equal(images[x, "False"], plain)
         assert not [k for k in texts[x, "False"] if k.startswith("S-CFG")], texts[x, "False"]
+
+
+# -- A1111 1.6-1.9 ------------------------------------------------------------------------------------------
+def test_webui_without_process_before_every_sampling(webui, txt2img, model, reference, monkeypatch, small_unet):
+    """1.6-1.9 never call ``process_before_every_sampling``: S-CFG installs itself from the first
+    ``on_cfg_denoiser`` call of the sampler instead, gives the same image, and is gone after ``postprocess``."""
+    _, on_110 = reference
+    glue = webui.script_module.GLUE
+    monkeypatch.setattr(glue, "legacy", True)
+    monkeypatch.setattr(txt2img, "process_before_every_sampling", lambda p, **kwargs: None)
+    on_19, p = run(webui, txt2img, model)
+    assert torch.equal(on_19, on_110)
+    assert glue.current is None and glue.pending is None and hook_count(small_unet) == 0
+    assert "S-CFG: True" in infotext_of(webui, p)
