@@ -113,15 +113,16 @@ def attention_probs(module: torch.nn.Module, x: torch.Tensor, context: torch.Ten
     b, n, inner = q.shape
     d = inner // heads
     scale = getattr(module, "scale", d**-0.5)
+    q = q.view(b, n, heads, d).permute(0, 2, 1, 3)  # (b, heads, n, d)
+    k = k.view(b, k.shape[1], heads, d).permute(0, 2, 3, 1)  # (b, heads, d, m)
     with torch.autocast(q.device.type, enabled=False):
-        q = q.reshape(b, n, heads, d).transpose(1, 2).float() * scale
-        k = k.reshape(b, k.shape[1], heads, d).transpose(1, 2).float()
-        step = max(1, min(heads, _PROB_BUDGET_BYTES // max(b * n * k.shape[2] * 4, 1)))
+        q, k = q.float(), k.float()
+        step = max(1, min(heads, _PROB_BUDGET_BYTES // max(b * n * k.shape[3] * 4, 1)))
         if step >= heads:
-            return torch.matmul(q, k.transpose(-1, -2)).softmax(-1).mean(1)
+            return torch.matmul(q, k).mul_(scale).softmax(-1).mean(1)
         total = None
         for h0 in range(0, heads, step):
-            p = torch.matmul(q[:, h0 : h0 + step], k[:, h0 : h0 + step].transpose(-1, -2)).softmax(-1).sum(1)
+            p = torch.matmul(q[:, h0 : h0 + step], k[:, h0 : h0 + step]).mul_(scale).softmax(-1).sum(1)
             total = p if total is None else total.add_(p)
         return total / heads
 

@@ -84,7 +84,7 @@ def grid_size(latent_size: Sequence[int], factor: int = 4) -> tuple[int, int]:
 
 
 def pair_weights(num_tokens: int, background_tokens: Iterable[int], device=None) -> torch.Tensor:
-    """``(T, 2)`` float32 0/1 columns [background tokens, all other tokens]; the background tokens are the
+    """``(2, T)`` float32 0/1 rows [background tokens, all other tokens]; the background tokens are the
     SOT of every 77-token chunk. Summing token maps through it is a matmul, where boolean indexing would make
     the GPU wait for the host at every layer. Cached per token count and device."""
     return _pair_weights(num_tokens, tuple(sorted(set(background_tokens))), torch.device(device or "cpu"))
@@ -96,7 +96,7 @@ def _pair_weights(num_tokens: int, background_tokens: tuple[int, ...], device: t
     idx = [t for t in background_tokens if 0 <= t < num_tokens]
     if idx:
         bg[idx] = True
-    return torch.stack([bg, ~bg], dim=1).float().to(device)
+    return torch.stack([bg, ~bg], dim=0).float().to(device)  # (2, T): rows [background, rest]
 
 
 def chunk_starts(num_tokens: int, chunk: int = 77) -> tuple[int, ...]:
@@ -116,13 +116,17 @@ def layer_maps(
     b, n, t = cross.shape
     if n != h * w or self_attn.shape[-1] != n:
         raise ValueError(f"attention maps of {n} positions do not fit a {h}x{w} layer")
-    c = refine_cross(self_attn.float(), cross.float(), refine)
+    c = refine_cross(_as_float(self_attn), _as_float(cross), refine)
     m = c.transpose(1, 2).reshape(b, t, h, w)
     if (h, w) != tuple(grid):
         # the official code upsamples the 8x8 layer with scale_factor=2; size= is the same for exact
         # multiples and also handles odd sizes and non-square latents
         m = F.interpolate(m, size=tuple(grid), mode="bilinear", align_corners=False)
     return m
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()
 
 
 @functools.lru_cache(maxsize=32)
@@ -132,18 +136,19 @@ def _smoothed_mean_weights(grid: tuple[int, int], device: torch.device) -> torch
     with torch.enable_grad(), torch.autocast(device.type, enabled=False):
         ones = torch.ones(1, 1, *grid, device=device, requires_grad=True)
         gaussian_smooth(ones).mean().backward()
-    return ones.grad[0, 0].detach()
+    return ones.grad.detach().flatten()  # (gh * gw,)
 
 
 def foreground_pair(maps: torch.Tensor, pair_w: torch.Tensor) -> torch.Tensor:
     """``(B, 2, gh, gw)``: [background tokens summed, all other tokens summed] (``pair_w`` from
     ``pair_weights``)."""
-    return torch.einsum("bthw,tk->bkhw", maps, pair_w)
+    b, t, h, w = maps.shape
+    return torch.matmul(pair_w, maps.reshape(b, t, h * w)).view(b, 2, h, w)
 
 
 def reduce_to_pair(cross: torch.Tensor, pair_w: torch.Tensor) -> torch.Tensor:
     """Reduce ``(B, N, T)`` cross maps to ``(B, N, 2)`` [background, rest] before the (linear) layer work."""
-    return cross @ pair_w.to(cross.dtype)
+    return torch.matmul(cross, pair_w.t())
 
 
 class MaskAccumulator:
@@ -168,14 +173,17 @@ class MaskAccumulator:
     def _add_pair(self, pair: torch.Tensor, w: torch.Tensor) -> None:
         # the official code divides by the spatial mean with no epsilon (softmax sums are > 0); the floor
         # only keeps an all-zero map finite
-        mean = torch.einsum("bkhw,hw->bk", pair, w).clamp_min(torch.finfo(torch.float32).tiny)
-        pair = pair / mean[:, :, None, None]
+        b, _, h, wd = pair.shape
+        mean = torch.matmul(pair.reshape(b, 2, h * wd), w).clamp_min_(torch.finfo(torch.float32).tiny)
+        pair = pair / mean.view(b, 2, 1, 1)
         self._pair = pair if self._pair is None else self._pair.add_(pair)
 
     def add_tokens(self, maps: torch.Tensor, pair_w: torch.Tensor) -> None:
         """Add one layer's token maps ``(B, T, gh, gw)`` (from ``layer_maps``): regions and foreground."""
         w = self._weights(maps)
-        tok = maps / (torch.einsum("bthw,hw->bt", maps, w) + _EPS)[:, :, None, None]
+        b, t, h, wd = maps.shape
+        smoothed_mean = torch.matmul(maps.reshape(b, t, h * wd), w).add_(_EPS)
+        tok = maps / smoothed_mean.view(b, t, 1, 1)
         self._tokens = tok if self._tokens is None else self._tokens.add_(tok)
         self._add_pair(foreground_pair(maps, pair_w), w)
         self.layers += 1
