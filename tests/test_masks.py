@@ -294,3 +294,20 @@ def test_batch_independence(seed, extra):
     delta = torch.randn(1 + extra, 4, *latent, generator=gen)
     rate = guidance_rate(delta, regions, fore, 7.5)
     assert torch.allclose(rate[:1], guidance_rate(delta[:1], alone_r, alone_f, 7.5), atol=1e-6)
+
+
+def test_package_needs_nothing_but_torch():
+    """``import scfg_ext`` (the math, capture, engine, settings) with the WebUI, gradio, ldm and k-diffusion
+    all unavailable."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for name in ('gradio', 'ldm', 'k_diffusion', 'modules', 'fastapi', 'PIL', 'einops', 'scipy'):\n"
+            "    sys.modules[name] = None\n"
+            "import scfg_ext\n"
+            "assert callable(scfg_ext.semantic_masks) and callable(scfg_ext.guidance_rate)\n")
+    from webui_harness import ROOT
+
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
