@@ -17,7 +17,6 @@ several U-Net calls, AND prompts give several cond rows per image and the uncond
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,11 +91,6 @@ def find_attention_layers(unet: torch.nn.Module, factors: Sequence[int] = (4, 8)
     return found
 
 
-def level_size(latent_size: Sequence[int], factor: int) -> tuple[int, int]:
-    """Feature-map size at ``factor`` (each stride-2 step rounds up)."""
-    return math.ceil(latent_size[0] / factor), math.ceil(latent_size[1] / factor)
-
-
 @torch.no_grad()
 def attention_probs(module: torch.nn.Module, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
     """Head-averaged ``softmax(q k^T * scale)`` of an attention module, ``(B, N, K)`` float32.
@@ -138,7 +132,7 @@ def select_rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
 class AttentionCapture:
     """Hooks on a U-Net that turn each denoising step's attention into per-row region masks.
 
-    Use as a context manager (``with capture.attached(unet):``) so that every hook is removed when the block
+    Use as a context manager (``with capture.attach(unet):``) so that every hook is removed when the block
     exits, also on an exception. Per step: ``plan_step(roles)`` with the role of every U-Net row of this
     step in call order, then run the U-Net (one or several calls), then ``masks(latent_size)``.
     """
@@ -219,7 +213,7 @@ class AttentionCapture:
             self._calls.append(call)
 
     def _check(self, layer: AttentionLayer, n: int) -> tuple[int, int] | None:
-        h, w = level_size(self._latent, layer.factor)
+        h, w = M.grid_size(self._latent, layer.factor)
         if n != h * w:
             self.error = (
                 f"attention map of {n} positions in {layer.name} does not fit a {h}x{w} grid "

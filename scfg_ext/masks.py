@@ -75,7 +75,8 @@ def refine_cross(self_attn: torch.Tensor, cross: torch.Tensor, mode: str = "offi
 
 
 def grid_size(latent_size: Sequence[int], factor: int = 4) -> tuple[int, int]:
-    """Feature-map size of the U-Net level that is ``factor`` times coarser than the latent.
+    """Feature-map size of the U-Net level that is ``factor`` times coarser than the latent (the grid is the
+    latent/4 level; the capture also uses it to check each attention map's size).
 
     Each stride-2 convolution rounds up, and ceil(ceil(H/2)/2) = ceil(H/4), so this is also the exact
     size of the attention maps at that level for sizes not divisible by 32.
