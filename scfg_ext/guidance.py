@@ -1,14 +1,16 @@
 """Denoiser-level combination: plain CFG, or S-CFG with the maps captured during this step.
 
-Backend-neutral: a WebUI glue module turns its batch layout into ``uncond`` (one row per image) and
-``conds`` (per image, a list of ``(cond output, weight)``: one entry per ``AND`` sub-prompt) and calls
-``ScfgRun.combine``. Works in any output space (eps, x0, v): the rate is invariant to a positive factor.
+Backend-neutral: a WebUI adapter turns its batch layout into ``uncond`` (one row per image) and the cond
+outputs keyed by ``Cond(image, sub-prompt)``, and substitutes what ``ScfgRun.guided_conds`` returns for
+them before the WebUI's own combination runs (``combine`` is the same thing as one function, for callers
+that own the combination). Works in any output space (eps, x0, v): the rate is invariant to a positive factor.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,7 +20,7 @@ from .capture import AttentionCapture, Cond, Role
 from .masks import guidance_rate
 from .settings import Settings
 
-log = logging.getLogger("scfg")
+log = logging.getLogger("sd-webui-scfg")
 
 CondList = Sequence[Sequence[tuple[torch.Tensor, float]]]
 
@@ -46,8 +48,9 @@ class ScfgRun:
     """S-CFG for one sampling run on one U-Net.
 
     ``with run.attached(unet):`` hooks the U-Net for the duration of the block (always removed, also on an
-    exception); per denoiser call: ``begin_step(roles, progress)`` before the U-Net calls, ``combine(...)``
-    after them. ``warn`` receives each distinct problem once (default: the ``scfg`` logger).
+    exception); per denoiser call: ``begin_step(roles, progress)`` before the U-Net calls, then
+    ``guided_conds``/``combine`` once the outputs are there (more than once when a backend gets the cond rows
+    of one step in several U-Net calls). ``warn`` receives each distinct problem once (default: the log).
     """
 
     def __init__(self, settings: Settings, warn: Callable[[str], None] | None = None, keep_maps: bool = False):
@@ -58,7 +61,10 @@ class ScfgRun:
         self.keep_maps = keep_maps
         self.last_maps: StepMaps | None = None
         self.active = False
-        self.steps_applied = 0
+        self.steps_seen = 0  # begin_step calls
+        self.steps_applied = 0  # steps whose combination used S-CFG's maps
+        self.seconds = 0.0  # host time spent computing rates
+        self._applied_this_step = False
 
     @contextmanager
     def attached(self, unet: torch.nn.Module) -> Iterator[ScfgRun]:
@@ -74,70 +80,72 @@ class ScfgRun:
         """Declare the rows of the coming U-Net calls; capture runs only inside the active range."""
         self.active = self.settings.active_at(progress) and self.capture.attached
         self.capture.plan_step(roles if self.active else [])
+        self.steps_seen += 1
+        self._applied_this_step = False
         return self.active
 
     def skip_step(self) -> None:
         """The caller decided to use plain CFG for the step in progress (e.g. its uncond rows were skipped)."""
         self.active = False
 
-    def rates(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> dict[Cond, torch.Tensor]:
-        """Rate map ``(1, H, W)`` float32 for every cond row S-CFG can guide this step; empty = plain CFG."""
+    def rates(self, uncond: torch.Tensor, conds: Mapping[Cond, torch.Tensor], cfg_scale: float
+              ) -> dict[Cond, torch.Tensor]:
+        """Rate map ``(1, H, W)`` float32 for every cond output in ``conds`` (``Cond(image, sub-prompt)`` ->
+        ``(C, H, W)``; ``uncond`` has one row per image) that S-CFG can guide this step; empty = plain CFG."""
         if not self.active:
             return {}
-        self.active = False
         if self.capture.error:
             self.warn_once(f"S-CFG skipped a step: {self.capture.error}")
+        started = time.perf_counter()
         maps = self.capture.masks(uncond.shape[-2:])
-        if not maps:
-            return {}
         s = self.settings
         out: dict[Cond, torch.Tensor] = {}
         kept = StepMaps({}, {}, {}) if self.keep_maps else None
-        for i, image_conds in enumerate(conds):
-            for j, (cond, _) in enumerate(image_conds):
-                found = maps.get(Cond(i, j))
-                if found is None:
-                    continue
-                regions, foreground = found
-                delta = (cond - uncond[i])[None]
-                rate = guidance_rate(delta, regions, foreground, cfg_scale, min_rate=s.min_rate,
-                                     max_rate=s.max_rate, max_scale=s.max_scale)[0]
-                if not torch.isfinite(rate).all():
-                    self.warn_once("S-CFG computed a non-finite rate map; that step used plain CFG")
-                    return {}
-                out[Cond(i, j)] = rate
-                if kept is not None:
-                    kept.regions[Cond(i, j)] = regions[0]
-                    kept.foreground[Cond(i, j)] = foreground[0]
-                    kept.rate[Cond(i, j)] = rate
+        for key, cond in conds.items():
+            found = maps.get(key)
+            if found is None:
+                continue
+            regions, foreground = found
+            delta = (cond - uncond[key.image])[None]
+            rate = guidance_rate(delta, regions, foreground, cfg_scale, min_rate=s.min_rate,
+                                 max_rate=s.max_rate, max_scale=s.max_scale)[0]
+            out[key] = rate
+            if kept is not None:
+                kept.regions[key], kept.foreground[key], kept.rate[key] = regions[0], foreground[0], rate
+        if out and not all(torch.isfinite(rate).all() for rate in out.values()):
+            self.warn_once("S-CFG computed a non-finite rate map; that step used plain CFG")
+            out = {}
+        self.seconds += time.perf_counter() - started
         if out:
-            self.steps_applied += 1
+            if not self._applied_this_step:
+                self.steps_applied += 1
+                self._applied_this_step = True
             if kept is not None:
                 self.last_maps = kept
         return out
 
     def combine(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> torch.Tensor:
-        """S-CFG combination of this step: ``uncond + sum_j w_j * cfg_scale * rate_j * (cond_j - uncond)``;
-        exactly ``plain_cfg`` when inactive or without usable maps."""
-        rates = self.rates(uncond, conds, cfg_scale)
-        if not rates:
+        """S-CFG combination of this step: ``uncond + sum_j w_j * cfg_scale * rate_j * (cond_j - uncond)``,
+        with ``conds[i]`` image i's ``(cond output, weight)`` per sub-prompt; exactly ``plain_cfg`` when
+        inactive or without usable maps."""
+        guided = self.guided_conds(uncond, keyed(conds), cfg_scale)
+        if not guided:
             return plain_cfg(uncond, conds, cfg_scale)
-        denoised = torch.clone(uncond)
-        for i, image_conds in enumerate(conds):
-            for j, (cond, weight) in enumerate(image_conds):
-                rate = rates.get(Cond(i, j))
-                delta = cond - uncond[i]
-                if rate is not None:
-                    delta = delta * rate.to(delta.dtype)
-                denoised[i] += delta * (weight * cfg_scale)
-        return denoised
+        return plain_cfg(uncond, [[(guided.get(Cond(i, j), cond), weight) for j, (cond, weight) in enumerate(image)]
+                                  for i, image in enumerate(conds)], cfg_scale)
 
-    def guided_conds(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> dict[Cond, torch.Tensor]:
+    def guided_conds(self, uncond: torch.Tensor, conds: Mapping[Cond, torch.Tensor], cfg_scale: float
+                     ) -> dict[Cond, torch.Tensor]:
         """Cond outputs to substitute so that any linear CFG combiner yields S-CFG:
         ``uncond + rate * (cond - uncond)``. This lets a host's own (or another extension's) combination
         run unchanged on top. Empty when this step stays plain."""
         rates = self.rates(uncond, conds, cfg_scale)
         return {
-            key: uncond[key.image] + rate.to(uncond.dtype) * (conds[key.image][key.index][0] - uncond[key.image])
+            key: uncond[key.image] + rate.to(uncond.dtype) * (conds[key] - uncond[key.image])
             for key, rate in rates.items()
         }
+
+
+def keyed(conds: CondList) -> dict[Cond, torch.Tensor]:
+    """``{Cond(i, j): output}`` from per-image lists of ``(output, weight)``."""
+    return {Cond(i, j): cond for i, image in enumerate(conds) for j, (cond, _) in enumerate(image)}

@@ -1,4 +1,5 @@
-"""S-CFG for AUTOMATIC1111's WebUI: the AlwaysOn script. Thin: everything lives in ``scfg_ext``.
+"""S-CFG for Stable Diffusion WebUI (A1111, Forge and its forks): the AlwaysOn script. Thin: everything lives
+in ``scfg_ext``.
 
 Loaded by the WebUI as module ``scfg.py`` with the extension directory on ``sys.path``.
 """
@@ -8,13 +9,20 @@ from __future__ import annotations
 import logging
 
 from scfg_ext.webui import api, controls, host, infotext, xyz
-from scfg_ext.webui.a1111 import Glue
+from scfg_ext.webui.session import Session
 
-GLUE = Glue(legacy=not hasattr(host.scripts.Script, "process_before_every_sampling"))  # A1111 < 1.10
+if host.IS_FORGE:
+    from scfg_ext.webui.forge import Backend
+else:
+    from scfg_ext.webui.a1111 import Backend
+
+SESSION = Session(Backend(), legacy=not hasattr(host.scripts.Script, "process_before_every_sampling"))  # A1111<1.10
 _undo_api = []
 
 
 class ScfgScript(host.scripts.Script):
+    sorting_priority = 15  # Forge: AlwaysOn accordions sorted by it (its SAG is 12.5); ignored by A1111
+
     def title(self):
         return api.TITLE
 
@@ -30,13 +38,13 @@ class ScfgScript(host.scripts.Script):
     def process(self, p, *args):
         logging.getLogger("sd-webui-scfg").setLevel(logging.INFO if host.option("scfg_verbose", False)
                                                      else logging.WARNING)
-        GLUE.process(p, args)
+        SESSION.process(p, args)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        GLUE.before_sampling(p)
+        SESSION.before_sampling(p)
 
     def postprocess(self, p, processed, *args):
-        GLUE.finish()
+        SESSION.finish()
 
 
 def _register(on, callback, name):
@@ -53,7 +61,7 @@ def _on_before_ui():
 def _on_ui_settings():
     section = ("scfg", "S-CFG")
     host.shared.opts.add_option("scfg_verbose", host.option_info(
-        False, "Verbose S-CFG logging in the console", section=section))
+        False, "S-CFG: log each sampling pass in the console (layers hooked, steps guided, time)", section=section))
 
 
 def _on_infotext_pasted(text, params):
@@ -68,12 +76,12 @@ def _on_app_started(demo, app):
 
 
 def _on_script_unloaded():
-    GLUE.finish()
+    SESSION.finish()
     while _undo_api:
         _undo_api.pop()()
 
 
-_register(host.script_callbacks.on_cfg_denoiser, GLUE.on_cfg_denoiser, "scfg_plan_rows")
+_register(host.script_callbacks.on_cfg_denoiser, SESSION.on_cfg_denoiser, "scfg_plan_rows")
 _register(host.script_callbacks.on_before_ui, _on_before_ui, "scfg_xyz_axes")
 _register(host.script_callbacks.on_ui_settings, _on_ui_settings, "scfg_settings")
 _register(host.script_callbacks.on_infotext_pasted, _on_infotext_pasted, "scfg_infotext")

@@ -119,8 +119,8 @@ def clean_webui(webui, small_unet):
     yield
     webui.shared.reset_opts()
     webui.shared.state.interrupted = webui.shared.state.skipped = False
-    leftover_pass = webui.script_module.GLUE.current
-    webui.script_module.GLUE.stop()
+    leftover_pass = webui.script_module.SESSION.current
+    webui.script_module.SESSION.stop()
     reports = [r["message"] for r in errors.reports]
     errors.reports.clear()
     assert not reports, f"the WebUI reported errors: {reports}"
@@ -251,7 +251,7 @@ def assert_uninstalled(webui, unet, denoiser, sampler):
     assert "combine_denoised" not in vars(denoiser)
     assert "launch_sampling" not in vars(sampler)
     assert hook_count(unet) == 0
-    assert webui.script_module.GLUE.current is None
+    assert webui.script_module.SESSION.current is None
 
 
 # -- off / on -------------------------------------------------------------------------------------------------
@@ -523,7 +523,7 @@ def test_everything_removed_after_an_interrupt(webui, txt2img, model, small_unet
 
     def spy(self, p):
         at_return.append((hook_count(small_unet), "combine_denoised" in vars(self.model_wrap_cfg),
-                          "launch_sampling" in vars(self), webui.script_module.GLUE.current))
+                          "launch_sampling" in vars(self), webui.script_module.SESSION.current))
         return add_infotext(self, p)
 
     def interrupt_after_two(params):
@@ -564,7 +564,7 @@ def test_reload_ui_removes_everything(webui, txt2img, model, small_unet):
         x = torch.zeros(1, 4, *SIZE)
         txt2img.process_before_every_sampling(p, x=x, noise=x, c=c, uc=uc)
         denoiser = p.sampler.model_wrap_cfg
-        assert webui.script_module.GLUE.current is not None and hook_count(small_unet) > 0
+        assert webui.script_module.SESSION.current is not None and hook_count(small_unet) > 0
         assert "combine_denoised" in vars(denoiser) and "launch_sampling" in vars(p.sampler)
 
         webui.script_callbacks.script_unloaded_callback()
@@ -687,7 +687,7 @@ def test_webui_without_process_before_every_sampling(webui, txt2img, model, refe
     """1.6-1.9 never call ``process_before_every_sampling``: S-CFG installs itself from the first
     ``on_cfg_denoiser`` call of the sampler instead, gives the same image, and is gone after ``postprocess``."""
     _, on_110 = reference
-    glue = webui.script_module.GLUE
+    glue = webui.script_module.SESSION
     monkeypatch.setattr(glue, "legacy", True)
     monkeypatch.setattr(txt2img, "process_before_every_sampling", lambda p, **kwargs: None)
     on_19, p = run(webui, txt2img, model)

@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - older WebUIs
     InputAccordion = None
 
 log = logging.getLogger("sd-webui-scfg")
-IS_FORGE = importlib.util.find_spec("modules_forge") is not None
+IS_FORGE = importlib.util.find_spec("modules_forge") is not None  # Forge, Forge Classic, reForge
 
 
 def option(key: str, default):

@@ -9,6 +9,8 @@ from ..settings import FIELD_BY_NAME, FIELDS, Field, Settings, SettingsError
 
 ENABLED_KEY = FIELD_BY_NAME["enabled"].infotext  # "S-CFG"
 KEYS = tuple(f.infotext for f in FIELDS)
+NOTICE_KEY = "S-CFG notice"  # why S-CFG stepped aside; written only then, never read back
+ALL_KEYS = (*KEYS, NOTICE_KEY)
 
 
 def write(settings: Settings) -> dict[str, str]:
