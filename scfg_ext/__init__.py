@@ -5,7 +5,7 @@ The package top level is pure torch: ``semantic_masks`` and ``guidance_rate`` ar
 validated settings object. WebUI glue lives in ``scfg_ext.webui`` and is imported only by the WebUI script.
 """
 
-from .capture import AttentionCapture, Cond, Uncond, attention_probs, find_attention_layers
+from .capture import AttentionCapture, Cond, Uncond, find_attention_layers
 from .guidance import ScfgRun, StepMaps, plain_cfg
 from .masks import gaussian_kernel, gaussian_smooth, guidance_rate, refine_cross, semantic_masks
 from .settings import FIELDS, Field, Settings, SettingsError
@@ -20,7 +20,6 @@ __all__ = [
     "SettingsError",
     "StepMaps",
     "Uncond",
-    "attention_probs",
     "find_attention_layers",
     "gaussian_kernel",
     "gaussian_smooth",

@@ -1,22 +1,30 @@
-"""Lean attention capture on a Stable Diffusion U-Net (ldm for SD1/SD2, sgm for SDXL).
+"""Attention capture on a Stable Diffusion U-Net (ldm for SD1/SD2, sgm for SDXL, Forge's backend U-Net) whose
+cost per U-Net call does not grow with the number of captured layers.
 
-The WebUIs replace ``CrossAttention.forward`` with fused kernels (sdp, xformers, split ...) that never form
-attention probabilities, so the probabilities are recomputed here from each module's own ``to_q``/``to_k``,
-in a forward hook that fires whatever forward is installed. Only what the method uses is computed:
+The WebUIs replace the attention forward with fused kernels (sdp, xformers, split ...) that never form attention
+probabilities; but every one of them runs the block's own ``to_q`` and ``to_k`` projections. So nothing is
+recomputed: a forward hook on ``to_q``/``to_k`` of each captured block's self- (``attn1``) and cross-attention
+(``attn2``) keeps a reference to the projection's output (no tensor operation at all; the keys include what a
+hypernetwork did to the context). The per-layer work is batched:
 
-* only the transformer blocks at latent/4 and latent/8 of the actual latent of each call;
-* only the batch rows whose maps are needed (the cond rows; the uncond rows only for the foreground when
-  that is taken from them, and then reduced to two channels first);
-* heads averaged at once, in head chunks under a memory budget;
-* streaming: a block's self map is kept only until its cross map arrives, then both are folded into a
-  per-row running average (``MaskAccumulator``), so memory does not grow with layers or steps.
+* the stashed layers are grouped by shape (SD1/SD2: the latent/4 blocks, the latent/8 middle block; SDXL: its
+  60 latent/4 blocks) and each group is processed with a fixed number of operations: one ``cat`` of all its
+  projections, one strided copy that keeps only the needed rows (the cond rows; the uncond rows only when the
+  foreground is taken from them) and splits the heads, then batched products for every layer at once;
+* a group is processed when the U-Net call ends (a forward hook on the U-Net), or earlier, in layer chunks,
+  as soon as the stash and the work it needs would exceed a memory budget; self-attention scores are formed in
+  head chunks under the same budget;
+* the refined maps of all layers are renormalised and summed over layers in one batched step
+  (``MaskAccumulator.add_layers``); the foreground's [background, rest] reduction rides along as two extra
+  channels (everything after the softmax is linear in the token axis).
 
-Which U-Net rows belong to which image is explicit (``Cond``/``Uncond`` roles), because a step may span
-several U-Net calls, AND prompts give several cond rows per image and the uncond rows may be missing.
+Which U-Net rows belong to which image is explicit (``Cond``/``Uncond`` roles), because a step may span several
+U-Net calls, AND prompts give several cond rows per image and the uncond rows may be missing.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +34,9 @@ import torch
 from . import masks as M
 
 CHUNK_TOKENS = 77  # CLIP context chunk: A1111/Forge concatenate 77-token chunks, each with its own SOT
-_PROB_BUDGET_BYTES = 256 * 2**20  # head-chunk size for recomputing probabilities
+MIN_BUDGET_BYTES = 64 * 2**20  # memory budget floor for the stash and its processing
+BUDGET_FRACTION = 0.04  # default budget: this fraction of the U-Net's parameter bytes (or the floor)
+_SLOTS = 4  # attn1.to_q, attn1.to_k, attn2.to_q, attn2.to_k
 
 
 @dataclass(frozen=True)
@@ -91,42 +101,52 @@ def find_attention_layers(unet: torch.nn.Module, factors: Sequence[int] = (4, 8)
     return found
 
 
-@torch.no_grad()
-def attention_probs(module: torch.nn.Module, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-    """Head-averaged ``softmax(q k^T * scale)`` of an attention module, ``(B, N, K)`` float32.
-
-    Recomputed from ``module.to_q``/``module.to_k`` exactly as ldm's ``CrossAttention.forward`` does. The
-    projections run as the U-Net runs them (under the WebUI's autocast, in half precision); the product and
-    softmax in float32 with autocast off, all heads at once, or in head chunks when that would exceed a fixed
-    memory budget (very large latents).
-    """
-    context = x if context is None else context
-    heads = module.heads
-    q = module.to_q(x)
-    k = module.to_k(context)
-    b, n, inner = q.shape
-    d = inner // heads
-    scale = getattr(module, "scale", d**-0.5)
-    q = q.view(b, n, heads, d).permute(0, 2, 1, 3)  # (b, heads, n, d)
-    k = k.view(b, k.shape[1], heads, d).permute(0, 2, 3, 1)  # (b, heads, d, m)
-    with torch.autocast(q.device.type, enabled=False):
-        q, k = q.float(), k.float()
-        step = max(1, min(heads, _PROB_BUDGET_BYTES // max(b * n * k.shape[3] * 4, 1)))
-        if step >= heads:
-            return torch.matmul(q, k).mul_(scale).softmax(-1).mean(1)
-        total = None
-        for h0 in range(0, heads, step):
-            p = torch.matmul(q[:, h0 : h0 + step], k[:, h0 : h0 + step]).mul_(scale).softmax(-1).sum(1)
-            total = p if total is None else total.add_(p)
-        return total / heads
+@functools.lru_cache(maxsize=16)
+def _zero(device: torch.device) -> torch.Tensor:
+    # the ignored ``input`` of baddbmm with beta=0 (cached: no tensor creation per call)
+    return torch.zeros((), dtype=torch.float32, device=device)
 
 
-def select_rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    """``x[rows]``, as a view when the rows are contiguous (the usual case: no index tensor copied to the
-    device, so no implicit host-device synchronisation inside the U-Net forward)."""
-    if rows == list(range(rows[0], rows[0] + len(rows))):
-        return x[rows[0] : rows[0] + len(rows)]
-    return x[torch.tensor(rows, device=x.device)]
+@functools.lru_cache(maxsize=32)
+def _row_index(rows: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _token_and_pair(tokens: int, device: torch.device) -> torch.Tensor:
+    """``(T + 2, T)``: the identity stacked on ``pair_weights`` (every 77-token chunk's SOT as background), so
+    one product gives the token maps and their [background, rest] sums."""
+    eye = torch.eye(tokens, dtype=torch.float32, device=device)
+    return torch.cat([eye, M.pair_weights(tokens, M.chunk_starts(tokens, CHUNK_TOKENS), device)])
+
+
+def _version(t: torch.Tensor) -> int | None:
+    return None if t.is_inference() else t._version  # inference tensors have no version counter
+
+
+class _Group:
+    """Shapes shared by the stashed layers processed together."""
+
+    __slots__ = ("rows", "n", "tokens", "channels", "heads", "hw", "scale1", "scale2", "stash_bytes")
+
+    def __init__(self, rows, n, tokens, channels, heads, hw, scale1, scale2, stash_bytes):
+        self.rows, self.n, self.tokens, self.channels, self.heads = rows, n, tokens, channels, heads
+        self.hw, self.scale1, self.scale2, self.stash_bytes = hw, scale1, scale2, stash_bytes
+
+    def work_bytes(self) -> tuple[int, int]:
+        """Per layer, float32: (the head-split copy + everything after the self scores, one layer-row's self
+        scores for all heads)."""
+        r, n, t, c, h = self.rows, self.n, self.tokens, self.channels, self.heads
+        copy = r * (3 * n + t) * c * 4
+        maps = r * (n * n + h * t * n + t * n + 3 * (t + 2) * n) * 4
+        return copy + maps, h * n * n * 4
+
+    def cost(self, layers: int) -> int:
+        """Peak bytes of processing ``layers`` stashed layers (the stash itself included)."""
+        work, scores_row = self.work_bytes()
+        stash = layers * self.stash_bytes
+        copy = self.rows * (3 * self.n + self.tokens) * self.channels * 4 * layers
+        return max(2 * stash, stash + copy, layers * work + scores_row)
 
 
 class AttentionCapture:
@@ -135,15 +155,20 @@ class AttentionCapture:
     Use as a context manager (``with capture.attach(unet):``) so that every hook is removed when the block
     exits, also on an exception. Per step: ``plan_step(roles)`` with the role of every U-Net row of this
     step in call order, then run the U-Net (one or several calls), then ``masks(latent_size)``.
+
+    ``memory_budget``: bytes the stash and its processing may hold at once (default: ``BUDGET_FRACTION`` of
+    the U-Net's parameter bytes, at least ``MIN_BUDGET_BYTES``); above it the layers are processed in chunks.
     """
 
-    def __init__(self, refine: str = "official", foreground: str = "cond") -> None:
+    def __init__(self, refine: str = "official", foreground: str = "cond", memory_budget: int | None = None) -> None:
         if refine not in M.REFINE_MODES:
             raise ValueError(f"refine must be one of {M.REFINE_MODES}, got {refine!r}")
         if foreground not in ("cond", "uncond"):
             raise ValueError(f"foreground must be 'cond' or 'uncond', got {foreground!r}")
         self.refine = refine
         self.foreground = foreground
+        self.memory_budget = memory_budget
+        self.budget = memory_budget or MIN_BUDGET_BYTES
         self.layers: list[AttentionLayer] = []
         self._handles: list = []
         self._plan: list[Role] = []
@@ -151,12 +176,16 @@ class AttentionCapture:
         self._call: _CallMaps | None = None
         self._latent: tuple[int, int] | None = None
         self._device = "cpu"
-        self._pending: dict[int, torch.Tensor] = {}
+        self._open: dict[int, list] = {}  # layer index -> its four projections seen so far in this call
+        self._pending: dict[tuple, list] = {}  # group key -> completed layers waiting to be processed
+        self._groups: dict[tuple, _Group] = {}  # group key -> its shapes (this call)
         self._calls: list[_CallMaps] = []  # this step's accumulators, one per U-Net call
         self.error: str | None = None  # why this step's maps are unusable, if they are
         # optional ``observer(layer, roles, self_attn, cross_attn)``: sees every captured layer's head-averaged
         # maps for the needed rows (tests, debugging, map galleries)
         self.observer = None
+        # optional ``on_process(layers)``: called with the number of layers each time a chunk is processed
+        self.on_process = None
 
     # -- hooks -------------------------------------------------------------------------------------------
     @property
@@ -165,14 +194,19 @@ class AttentionCapture:
 
     @contextmanager
     def attach(self, unet: torch.nn.Module) -> Iterator[AttentionCapture]:
-        """Attach hooks to ``unet`` for the duration of the block."""
+        """Attach hooks to ``unet`` for the duration of the block: a pre- and a post-hook on the U-Net, and a
+        forward hook on ``to_q``/``to_k`` of both attention modules of every captured block."""
         self.detach()
         try:
             self.layers = find_attention_layers(unet)
+            if self.memory_budget is None:
+                weights = sum(p.numel() * p.element_size() for p in unet.parameters())
+                self.budget = max(MIN_BUDGET_BYTES, int(BUDGET_FRACTION * weights))
             self._handles.append(unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True))
+            self._handles.append(unet.register_forward_hook(self._on_unet_done))
             for i, layer in enumerate(self.layers):
-                self._handles.append(layer.attn1.register_forward_hook(self._self_hook(i), with_kwargs=True))
-                self._handles.append(layer.attn2.register_forward_hook(self._cross_hook(i), with_kwargs=True))
+                for slot, proj in enumerate((layer.attn1.to_q, layer.attn1.to_k, layer.attn2.to_q, layer.attn2.to_k)):
+                    self._handles.append(proj.register_forward_hook(self._stash_hook(i, slot)))
             yield self
         finally:
             self.detach()
@@ -181,8 +215,13 @@ class AttentionCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._pending.clear()
+        self._drop()
         self._plan = []
+
+    def _drop(self) -> None:
+        self._open.clear()
+        self._pending.clear()
+        self._groups.clear()
 
     # -- per step -----------------------------------------------------------------------------------------
     def plan_step(self, roles: Sequence[Role | None]) -> None:
@@ -191,7 +230,8 @@ class AttentionCapture:
         self._plan = list(roles)
         self._cursor = 0
         self._calls = []
-        self._pending.clear()
+        self._call = None
+        self._drop()
         self.error = None
 
     def plan_call(self, roles: Sequence[Role | None]) -> None:
@@ -206,70 +246,180 @@ class AttentionCapture:
         roles += [None] * (n - len(roles))
         self._latent = tuple(x.shape[-2:])
         self._device = x.device.type
-        self._pending.clear()
+        self._drop()
         call = _CallMaps(roles, self.foreground == "uncond")
         self._call = call if call.rows else None
         if self._call is not None:
             self._calls.append(call)
 
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self._drop()
+
+    def _on_unet_done(self, module, args, output):
+        call = self._call
+        if call is None or self.error:
+            return
+        try:
+            self._finish(call)
+        except Exception as e:  # noqa: BLE001 - a capture problem must never fail the user's image
+            self._fail(f"attention capture failed ({type(e).__name__}: {e})")
+
+    def _stash_hook(self, i: int, slot: int):
+        def hook(module, args, output):
+            if self._call is None or self.error:
+                return
+            try:
+                slots = self._open.get(i)
+                if slots is None:
+                    slots = self._open[i] = [None] * _SLOTS
+                if slots[slot] is not None:
+                    name = ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k")[slot]
+                    self._fail(f"{self.layers[i].name}.{name} ran more than once in one U-Net call")
+                    return
+                slots[slot] = output
+                if all(s is not None for s in slots):
+                    del self._open[i]
+                    self._complete(i, slots)
+            except Exception as e:  # noqa: BLE001 - a capture problem must never fail the user's image
+                self._fail(f"attention capture failed ({type(e).__name__}: {e})")
+
+        return hook
+
     def _check(self, layer: AttentionLayer, n: int) -> tuple[int, int] | None:
         h, w = M.grid_size(self._latent, layer.factor)
         if n != h * w:
-            self.error = (
+            self._fail(
                 f"attention map of {n} positions in {layer.name} does not fit a {h}x{w} grid "
                 f"for a {self._latent[0]}x{self._latent[1]} latent"
             )
             return None
         return h, w
 
-    def _guarded(self, fn):
-        """Run a hook body; any failure marks the step unusable (plain CFG) instead of breaking the U-Net."""
+    def _complete(self, i: int, tensors: list) -> None:
+        """All four projections of layer ``i`` are in: check their shapes and queue the layer."""
+        layer, call = self.layers[i], self._call
+        q1, k1, q2, k2 = tensors
+        if not all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in tensors):
+            self._fail(f"the attention projections of {layer.name} are not (batch, tokens, channels) tensors")
+            return
+        b, n, c = q1.shape
+        if k1.shape != q1.shape:
+            # e.g. reference-only ControlNet: extra keys appended to the self-attention context
+            self._fail(f"self-attention keys {tuple(k1.shape)} of {layer.name} do not match its queries "
+                       f"{tuple(q1.shape)} (another extension changed them)")
+            return
+        if q2.shape != q1.shape or k2.shape[0] != b or k2.shape[2] != c or b != len(call.roles):
+            self._fail(f"unexpected attention shapes in {layer.name}: q {tuple(q2.shape)}, k {tuple(k2.shape)}, "
+                       f"{len(call.roles)} rows")
+            return
+        hw = self._check(layer, n)
+        if hw is None:
+            return
+        heads = layer.attn1.heads
+        if layer.attn2.heads != heads or c % heads:
+            self._fail(f"{layer.name}: {c} channels do not split into {heads} heads")
+            return
+        d = c // heads
+        scale1 = getattr(layer.attn1, "scale", d**-0.5)
+        scale2 = getattr(layer.attn2, "scale", d**-0.5)
+        key = (n, c, k2.shape[1], heads, q1.dtype, q1.device, hw, scale1, scale2)
+        queue = self._pending.get(key)
+        if queue is None:
+            queue = self._pending[key] = []
+            stash = sum(t.numel() * t.element_size() for t in tensors)
+            self._groups[key] = _Group(len(call.rows), n, k2.shape[1], c, heads, hw, scale1, scale2, stash)
+        queue.append((i, tensors, [_version(t) for t in tensors]))
+        if self._groups[key].cost(len(queue) + 1) > self.budget:
+            self._process(key)
 
-        def hook(module, args, kwargs, output):
+    def _finish(self, call: _CallMaps) -> None:
+        """End of a U-Net call: process what is left, then fold every layer's maps into the call's sums."""
+        for key in list(self._pending):
+            self._process(key)
             if self.error:
                 return
-            try:
-                fn(module, args, kwargs)
-            except Exception as e:  # noqa: BLE001 - a capture problem must never fail the user's image
-                self.error = f"attention capture failed ({type(e).__name__}: {e})"
-                self._pending.clear()
+        if call.layers != len(self.layers):
+            self._fail(f"attention was captured in {call.layers} of {len(self.layers)} blocks (an attention "
+                       "forward that does not call to_q/to_k?)")
+            return
+        call.fold(M.grid_size(self._latent))
 
-        return hook
-
-    def _self_hook(self, i: int):
-        layer = self.layers[i]
-
-        def hook(module, args, kwargs):
-            call = self._call
-            if call is None:
+    @torch.no_grad()
+    def _process(self, key: tuple) -> None:
+        queue = self._pending.pop(key)
+        group = self._groups[key]
+        call = self._call
+        for i, tensors, versions in queue:
+            if [_version(t) for t in tensors] != versions:
+                self._fail(f"the attention projections of {self.layers[i].name} were modified in place")
                 return
-            x = args[0]
-            if self._check(layer, x.shape[1]) is not None:
-                self._pending[i] = attention_probs(module, select_rows(x, call.rows))
+        with torch.autocast(self._device, enabled=False):
+            refined = self._layer_maps(group, call, [tensors for _, tensors, _ in queue],
+                                       [self.layers[i] for i, _, _ in queue])
+        call.add(key, group.hw, refined, len(queue))
+        if self.on_process is not None:
+            self.on_process(len(queue))
 
-        return self._guarded(hook)
+    def _layer_maps(self, g: _Group, call: _CallMaps, stash: list, layers: list) -> torch.Tensor:
+        """Refined maps of a chunk of layers: ``(L * R, T + 2, n)`` float32, layer-major; channels: the T
+        token maps, then [background, rest]; transposed (positions last)."""
+        n, t, c, heads = g.n, g.tokens, g.channels, g.heads
+        d = c // heads
+        big_l, rows = len(stash), call.rows
+        r = len(rows)
+        p = 3 * n + t  # positions per layer: q1, k1, q2 (n each), k2 (t)
+        x = torch.cat([tensor for tensors in stash for tensor in tensors], dim=1)  # (B, L * p, c)
+        stash.clear()
+        first = rows[0]
+        if rows != list(range(first, first + r)):
+            x = x.index_select(0, _row_index(tuple(rows), x.device))
+            first = 0
+        # one strided view (rows, heads split, layer-major) and one copy to float32: (L, R, H, p, d)
+        y = x.as_strided((big_l, r, heads, p, d), (p * c, big_l * p * c, d, c, 1),
+                         x.storage_offset() + first * big_l * p * c)
+        z = y.to(torch.float32, copy=True, memory_format=torch.contiguous_format)
+        del x, y
+        g_all = big_l * r * heads
+        q1t = z.as_strided((g_all, d, n), (p * d, 1, d), 0)
+        k1 = z.as_strided((g_all, n, d), (p * d, d, 1), n * d)
+        q2t = z.as_strided((g_all, d, n), (p * d, 1, d), 2 * n * d)
+        k2 = z.as_strided((g_all, t, d), (p * d, d, 1), 3 * n * d)
+        zero = _zero(z.device)
 
-    def _cross_hook(self, i: int):
-        layer = self.layers[i]
-
-        def hook(module, args, kwargs):
-            self_attn = self._pending.pop(i, None)
-            call = self._call
-            if self_attn is None or call is None:
-                return
-            x = args[0]
-            context = kwargs.get("context", args[1] if len(args) > 1 else None)
-            hw = self._check(layer, x.shape[1])
-            if hw is None:
-                return
-            context = None if context is None else select_rows(context, call.rows)
-            cross = attention_probs(module, select_rows(x, call.rows), context)
-            if self.observer is not None:
-                self.observer(layer, [call.roles[r] for r in call.rows], self_attn, cross)
-            with torch.no_grad(), torch.autocast(cross.device.type, enabled=False):
-                call.fold(self_attn, cross, hw, M.grid_size(self._latent), self.refine)
-
-        return self._guarded(hook)
+        # self-attention, transposed: st[j, i] = mean over heads of softmax_j(q_i . k_j * scale)
+        work, scores_row = g.work_bytes()
+        units = max(1, (self.budget - big_l * work) // scores_row)  # layer-rows whose scores fit at once
+        if units >= big_l * r:
+            s = torch.baddbmm(zero, k1, q1t, beta=0, alpha=g.scale1)
+            torch.ops.aten._softmax.out(s, 1, False, out=s)
+            st = s.view(big_l * r, heads, n, n).mean(1)
+            del s
+        else:
+            step = units * heads
+            st = torch.empty(big_l * r, n, n, dtype=torch.float32, device=z.device)
+            buf = torch.empty(step, n, n, dtype=torch.float32, device=z.device)
+            buf4 = buf.view(units, heads, n, n)
+            for qc, kc, sc in zip(q1t.split(step), k1.split(step), st.split(units), strict=True):
+                full = qc.shape[0] == step
+                out = buf if full else buf[: qc.shape[0]]
+                torch.baddbmm(zero, kc, qc, beta=0, alpha=g.scale1, out=out)
+                torch.ops.aten._softmax.out(out, 1, False, out=out)
+                torch.mean(buf4 if full else out.view(-1, heads, n, n), 1, out=sc)
+            del buf, buf4
+        # cross-attention, transposed: cm[t, i] = mean over heads of softmax_t(q_i . k_t * scale)
+        pc = torch.baddbmm(zero, k2, q2t, beta=0, alpha=g.scale2)
+        torch.ops.aten._softmax.out(pc, 1, False, out=pc)
+        cm = pc.view(big_l * r, heads, t, n).mean(1)
+        del pc, z, q1t, k1, q2t, k2
+        if self.observer is not None:
+            roles = [call.roles[i] for i in rows]
+            for li, layer in enumerate(layers):
+                sl = slice(li * r, (li + 1) * r)
+                self.observer(layer, roles, st[sl].transpose(1, 2), cm[sl].transpose(1, 2))
+        ct = torch.bmm(_token_and_pair(t, cm.device).expand(big_l * r, t + 2, t), cm)  # (L R, T + 2, n)
+        del cm
+        return _refine_transposed(st, ct, self.refine)
 
     # -- results ------------------------------------------------------------------------------------------
     def masks(self, latent_size: Sequence[int] | None = None) -> dict[Cond, tuple[torch.Tensor, torch.Tensor]]:
@@ -293,40 +443,64 @@ class AttentionCapture:
         return out
 
 
+def _refine_transposed(st: torch.Tensor, ct: torch.Tensor, mode: str) -> torch.Tensor:
+    """``refine_cross`` on transposed operands: ``(R C)^T`` from ``S^T`` and ``C^T`` (positions last)."""
+    if mode == "none":
+        return ct
+    sc = torch.bmm(ct, st)  # (S C)^T
+    if mode == "official":
+        return torch.baddbmm(sc, sc, st, beta=0.25, alpha=0.75)  # ((SC + 3 S(SC)) / 4)^T
+    total, cur = sc, sc
+    for _ in range(3):
+        cur = torch.bmm(cur, st)
+        total = total + cur
+    return total / 4
+
+
 class _CallMaps:
-    """The rows of one U-Net call whose maps are needed, and their running sums (batched over rows)."""
+    """The rows of one U-Net call whose maps are needed, their refined maps per group and their sums."""
 
     def __init__(self, roles: list[Role | None], uncond_needed: bool):
         self.roles = roles
-        self.full_roles = [r for r in roles if isinstance(r, Cond)]
-        self.pair_roles = [r for r in roles if isinstance(r, Uncond)] if uncond_needed else []
-        wanted = set(self.full_roles) | set(self.pair_roles)
+        wanted = {r for r in roles if isinstance(r, Cond)}
+        if uncond_needed:
+            wanted |= {r for r in roles if isinstance(r, Uncond)}
         self.rows = [i for i, r in enumerate(roles) if r in wanted]
-        picked = [roles[i] for i in self.rows]
-        self.full_idx = [j for j, r in enumerate(picked) if isinstance(r, Cond)]
-        self.pair_idx = [j for j, r in enumerate(picked) if isinstance(r, Uncond)]
-        self.full = M.MaskAccumulator()
-        self.pair = M.MaskAccumulator()
+        self.chunks: dict[tuple, tuple[tuple[int, int], list[torch.Tensor]]] = {}
+        self.layers = 0
+        self.acc = M.MaskAccumulator()
 
-    def fold(self, self_attn, cross, hw, grid, refine) -> None:
-        tokens = cross.shape[-1]
-        pair_w = M.pair_weights(tokens, M.chunk_starts(tokens, CHUNK_TOKENS), cross.device)
-        if self.full_idx:
-            s, c = select_rows(self_attn, self.full_idx), select_rows(cross, self.full_idx)
-            self.full.add_tokens(M.layer_maps(s, c, hw, grid, refine), pair_w)
-        if self.pair_idx:
-            # uncond rows only feed the foreground: reduce to [background, rest] before the linear layer work
-            s, c = select_rows(self_attn, self.pair_idx), select_rows(cross, self.pair_idx)
-            self.pair.add_pair(M.layer_maps(s, M.reduce_to_pair(c, pair_w), hw, grid, refine))
+    def add(self, key, hw, maps: torch.Tensor, layers: int) -> None:
+        self.chunks.setdefault(key, (hw, []))[1].append(maps)
+        self.layers += layers
+
+    @torch.no_grad()
+    def fold(self, grid: tuple[int, int]) -> None:
+        """Every layer's maps (resized to the grid where needed) into the running sums, in one batched step."""
+        with torch.autocast(self.acc_device(), enabled=False):
+            maps = []
+            for hw, chunks in self.chunks.values():
+                m = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+                if tuple(hw) != tuple(grid):
+                    m = torch.matmul(m, M.resize_matrix(tuple(hw), tuple(grid), m.device))
+                maps.append(m)
+            self.chunks.clear()
+            m = maps[0] if len(maps) == 1 else torch.cat(maps)
+            k = m.shape[1]
+            self.acc.add_layers(m.view(-1, len(self.rows), k, *grid))
+
+    def acc_device(self) -> str:
+        for _, chunks in self.chunks.values():
+            return chunks[0].device.type
+        return "cpu"
 
     def results(self, expected_layers: int, tokens: dict, pairs: dict) -> None:
         """Add this call's complete rows to ``tokens`` (cond rows) and ``pairs`` (every row)."""
-        if self.full_roles and self.full.layers == expected_layers:
-            tok, pair = self.full.tokens(), self.full.pair()
-            for k, role in enumerate(self.full_roles):
-                tokens[role] = tok[k : k + 1]
-                pairs[role] = pair[k : k + 1]
-        if self.pair_roles and self.pair.layers == expected_layers:
-            pair = self.pair.pair()
-            for k, role in enumerate(self.pair_roles):
-                pairs[role] = pair[k : k + 1]
+        if self.acc.layers != expected_layers:
+            return
+        tok, pair = self.acc.tokens(), self.acc.pair()
+        for j, i in enumerate(self.rows):
+            role = self.roles[i]
+            if isinstance(role, Cond):
+                tokens[role] = tok[j : j + 1]
+            pairs[role] = pair[j : j + 1]

@@ -126,6 +126,15 @@ def layer_maps(
     return m
 
 
+@functools.lru_cache(maxsize=32)
+def resize_matrix(hw: tuple[int, int], grid: tuple[int, int], device=None) -> torch.Tensor:
+    """``(h*w, gh*gw)`` float32 matrix of ``layer_maps``' bilinear resize (``align_corners=False``): for maps
+    ``m`` with positions last, ``m @ resize_matrix`` equals the interpolation (it is linear). Cached."""
+    n = hw[0] * hw[1]
+    eye = torch.eye(n, dtype=torch.float32, device=device).view(n, 1, *hw)
+    return F.interpolate(eye, size=tuple(grid), mode="bilinear", align_corners=False).reshape(n, -1)
+
+
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
@@ -138,6 +147,11 @@ def _smoothed_mean_weights(grid: tuple[int, int], device: torch.device) -> torch
         ones = torch.ones(1, 1, *grid, device=device, requires_grad=True)
         gaussian_smooth(ones).mean().backward()
     return ones.grad.detach().flatten()  # (gh * gw,)
+
+
+@functools.lru_cache(maxsize=16)
+def _eps(device: torch.device) -> torch.Tensor:
+    return torch.tensor(_EPS, dtype=torch.float32, device=device)
 
 
 def foreground_pair(maps: torch.Tensor, pair_w: torch.Tensor) -> torch.Tensor:
@@ -193,6 +207,28 @@ class MaskAccumulator:
         """Add one layer's [bg, rest] maps ``(B, 2, gh, gw)`` (``layer_maps`` of ``reduce_to_pair``)."""
         self._add_pair(pair_maps, self._weights(pair_maps))
         self.layers += 1
+
+    def add_layers(self, maps: torch.Tensor, pair_w: torch.Tensor | None = None) -> None:
+        """Add ``L`` layers at once: ``maps`` ``(L, B, T, gh, gw)`` (``layer_maps`` of each layer, stacked) and
+        ``pair_w`` as for ``add_tokens``: the same sums as ``L`` calls of ``add_tokens``, in a fixed number of
+        operations. With ``pair_w=None`` the last two of the channels already are the [background, rest]
+        reduction (``foreground_pair``, done before the layer work by linearity) and the first ``T - 2`` the
+        token maps. Every channel is divided by its smoothed spatial mean plus the epsilon (for the two
+        foreground channels the official code has no epsilon: a relative difference of ~1e-8)."""
+        n_layers, b, k, h, wd = maps.shape
+        flat = maps.reshape(n_layers * b, k, h * wd)
+        if pair_w is not None:
+            flat = torch.cat([flat, torch.matmul(pair_w, flat)], 1)
+            k += 2
+        w = self._weights(maps)
+        mean = torch.addmv(_eps(flat.device), flat.view(-1, h * wd), w).view(n_layers * b, k, 1)
+        total = (flat / mean).view(n_layers, b * k * h * wd).sum(0).view(b, k, h, wd)
+        if self._tokens is None:
+            self._tokens, self._pair = total[:, : k - 2], total[:, k - 2 :]
+        else:
+            self._tokens.add_(total[:, : k - 2])
+            self._pair.add_(total[:, k - 2 :])
+        self.layers += n_layers
 
     def tokens(self) -> torch.Tensor | None:
         """Average over layers of the smoothed, renormalised token maps, ``(B, T, gh, gw)``."""
