@@ -48,11 +48,74 @@ def build_unet(config: dict = SD15_UNET, seed: int = 0, dtype=torch.float32, dev
     torch.manual_seed(seed)
     with torch.device(device):
         unet = UNetModel(**config)
-        # ldm zero-initialises the output convs of every res block and transformer (zero_module), which
-        # with untrained weights would make the prompt irrelevant (cond == uncond); give them random weights
-        for m in unet.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and not m.weight.any():
-                m.reset_parameters()
+        _unzero(unet)
+    return unet.to(dtype).eval().requires_grad_(False)
+
+
+def _unzero(module: torch.nn.Module) -> None:
+    # ldm zero-initialises the output convs of every res block and transformer (zero_module), which
+    # with untrained weights would make the prompt irrelevant (cond == uncond); give them random weights
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and not m.weight.is_meta and not m.weight.any():
+            m.reset_parameters()
+
+
+# SDXL base's U-Net structure (sgm configs/inference/sd_xl_base.yaml): 320/640/1280 channels, 64-channel heads,
+# linear projections, 2048-wide context, transformer depth 0/2/10 per level (none at latent/1, 2 at latent/2,
+# 10 at latent/4, 10 in the middle block): 60 transformer blocks at latent/4. ldm's UNetModel takes one depth
+# for all levels, so it is built with depth 1 and each SpatialTransformer is replaced by one of its level's
+# depth. Left out: SDXL's ``label_emb`` (pooled text + size conditioning, one small MLP on the time embedding),
+# which ldm's UNetModel does not have and which does not touch attention.
+SDXL_UNET = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[2, 4],
+    num_res_blocks=2, channel_mult=[1, 2, 4], num_head_channels=64, use_spatial_transformer=True,
+    use_linear_in_transformer=True, transformer_depth=1, context_dim=2048, use_checkpoint=False, legacy=False,
+)
+SDXL_DEPTHS = (0, 2, 10)
+# the same structure with few channels for tests: 32/64/128 channels, 16-channel heads, 64-wide context
+SDXL_SMALL = dict(SDXL_UNET, model_channels=32, num_head_channels=16, context_dim=64, num_res_blocks=1)
+
+
+def build_sdxl_unet(config: dict = SDXL_UNET, depths=SDXL_DEPTHS, seed: int = 0, dtype=torch.float32,
+                    device="cpu") -> torch.nn.Module:
+    """ldm's ``UNetModel`` in SDXL's structure: ``config`` (``SDXL_UNET`` or ``SDXL_SMALL``) with the
+    transformer depth of each level from ``depths`` (latent/1, latent/2, latent/4; the middle block takes the
+    deepest level's)."""
+    from ldm.modules.attention import SpatialTransformer
+
+    class DeepSpatialTransformer(SpatialTransformer):
+        # ldm's forward indexes one context per block; sgm's (SDXL's) reuses the one context for every block
+        def forward(self, x, context=None):
+            if not isinstance(context, list):
+                context = [context] * len(self.transformer_blocks)
+            return super().forward(x, context)
+
+    with torch.device(device):
+        unet = build_unet(config, seed=seed, dtype=torch.float32, device=device)
+        torch.manual_seed(seed + 1)
+
+        def deepen(seq: torch.nn.Module, factor: int) -> None:
+            for j, m in enumerate(seq):
+                if isinstance(m, SpatialTransformer):
+                    attn = m.transformer_blocks[0].attn1
+                    heads = attn.heads
+                    dim_head = attn.to_q.out_features // heads
+                    level = factor.bit_length() - 1
+                    depth = depths[level]
+                    seq[j] = DeepSpatialTransformer(m.in_channels, heads, dim_head, depth=depth, use_linear=True,
+                                                    context_dim=[config["context_dim"]] * depth, use_checkpoint=False)
+                    _unzero(seq[j])
+
+        factor = 1
+        for block in unet.input_blocks:
+            deepen(block, factor)
+            if any(type(m).__name__ == "Downsample" for m in block.modules()):
+                factor *= 2
+        deepen(unet.middle_block, factor)
+        for block in unet.output_blocks:
+            deepen(block, factor)
+            if any(type(m).__name__ == "Upsample" for m in block.modules()):
+                factor //= 2
     return unet.to(dtype).eval().requires_grad_(False)
 
 
