@@ -1,0 +1,125 @@
+"""Forge adapter (Forge 2, Forge Classic, reForge): S-CFG rides on a clone of Forge's U-Net patcher.
+
+Forge never calls ``combine_denoised``: ``sampling_function`` runs the U-Net through ``calc_cond_uncond_batch``
+(``backend/sampling/sampling_function.py``), one call per batch of chunks, each chunk all images' rows of
+one entry: the uncond, or one ``AND`` sub-prompt. ``transformer_options["cond_or_uncond"]`` names the chunks
+(1 = uncond, 0 = cond); batched, the uncond comes first; under memory pressure the chunks go into separate
+calls; a prompt too long to batch with its negative runs first; at CFG 1 the uncond is not run at all.
+
+Per pass, a U-Net function wrapper on a clone of ``forge_objects.unet`` (dropped with the clone: Forge
+resets ``forge_objects`` before every pass) declares each call's row roles to the capture and, once the
+step's uncond output is in hand, replaces each cond chunk's output by ``uncond + rate * (cond - uncond)``
+before Forge merges the sub-prompts and applies its own CFG arithmetic. So every sub-prompt keeps its own
+regions and rate, and a CFG function (Dynamic Thresholding) or post-CFG function (SAG, PAG) acts on top.
+Calls after the step's cond chunks (SAG's and PAG's extra U-Net calls) are left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..capture import Cond, Uncond, find_attention_layers
+from .session import Pass
+
+COND, UNCOND = 0, 1  # Forge's cond_or_uncond values
+
+
+@dataclass
+class Step:
+    """The main U-Net calls of one denoiser step."""
+
+    conds_expected: int  # cond chunks Forge will run: the fewest AND sub-prompts of any image (zip)
+    conds_seen: int = 0
+    uncond: Any = None  # (B, C, H, W) once the uncond chunk has run
+    unguided: bool = False  # a cond chunk ran before the uncond
+
+
+class Backend:
+    def __init__(self):
+        self.steps: dict[int, Step] = {}  # id(Pass) -> its step in progress
+
+    def unsupported_reason(self, sd_model) -> str | None:
+        family = type(sd_model).__name__
+        patcher = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
+        unet = getattr(getattr(patcher, "model", None), "diffusion_model", None)
+        if unet is None or not hasattr(unet, "input_blocks") or not hasattr(patcher, "clone"):
+            return f"{family} has no U-Net with cross-attention"
+        if not find_attention_layers(unet):
+            return f"{family}'s U-Net has no attention at latent/4 or latent/8"
+        return None
+
+    def unet(self, p):
+        return p.sd_model.forge_objects.unet.model.diffusion_model
+
+    def pass_notice(self, p, settings) -> str | None:
+        if getattr(p, "is_hr_pass", False) and float(getattr(p, "hr_cfg", 0.0)) == 1.0:
+            return ("the hires. fix pass runs at Hires CFG Scale 1 (the default of Forge's API: hr_cfg), which "
+                    "computes no negative prompt: that pass used plain CFG")
+        return None
+
+    def install(self, p, current: Pass) -> None:
+        hires = getattr(p, "is_hr_pass", False)
+        cond_scale = float(getattr(p, "hr_cfg", p.cfg_scale) if hires else p.cfg_scale)  # Classic: no hr_cfg
+        patcher = p.sd_model.forge_objects.unet.clone()
+        inner = patcher.model_options.get("model_function_wrapper")  # another extension's, on this clone
+
+        def wrapper(apply_model, args):
+            return self._call(current, inner, cond_scale, apply_model, args)
+
+        patcher.set_model_unet_function_wrapper(wrapper)
+        p.sd_model.forge_objects.unet = patcher
+        current.stack.callback(self.steps.pop, id(current), None)
+
+    def plan(self, current: Pass, params) -> list:
+        batch = current.denoiser.sampler.sampler_extra_args["cond"].batch  # MulticondLearnedConditioning
+        self.steps[id(current)] = Step(min(len(prompts) for prompts in batch))
+        return []  # the roles are declared per U-Net call, from cond_or_uncond
+
+    def _call(self, current: Pass, inner, cond_scale, apply_model, args):
+        def run_unet():
+            if inner is not None:
+                return inner(apply_model, args)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        run, step = current.run, self.steps.get(id(current))
+        if step is None or not run.active:
+            return run_unet()  # S-CFG off this step, or this pass is over
+        chunks = list(args["cond_or_uncond"])
+        if step.conds_seen >= step.conds_expected:  # the step's last chunks, or an extra call after its CFG
+            if UNCOND in chunks and step.uncond is None and step.unguided:
+                run.warn_once("Forge ran the prompt before the negative prompt (a prompt more than four times "
+                              "longer than the negative): those steps used plain CFG")
+            return run_unet()
+        b = args["input"].shape[0] // len(chunks)
+        roles, cond_chunks = [], []
+        for k, kind in enumerate(chunks):
+            if kind == UNCOND:
+                roles += [Uncond(i) for i in range(b)]
+            else:
+                cond_chunks.append((k, step.conds_seen))
+                roles += [Cond(i, step.conds_seen) for i in range(b)]
+                step.conds_seen += 1
+        run.capture.plan_call(roles)
+        out = run_unet()
+        if UNCOND in chunks:
+            step.uncond = out[chunks.index(UNCOND) * b:][:b]
+        if not cond_chunks:
+            return out
+        if step.uncond is None:  # no uncond this step (CFG 1, NGMS, Skip Early CFG), or it comes later
+            step.unguided = True
+            return out
+        try:
+            conds = {Cond(i, j): out[k * b + i] for k, j in cond_chunks for i in range(b)}
+            guided = run.guided_conds(step.uncond, conds, cond_scale)
+        except Exception as e:  # noqa: BLE001 - never break the generation
+            run.warn_once(f"S-CFG failed on a step ({type(e).__name__}: {e}); that step used plain CFG")
+            return out
+        if not guided:
+            return out
+        out = out.clone()
+        for k, j in cond_chunks:
+            for i in range(b):
+                if Cond(i, j) in guided:
+                    out[k * b + i] = guided[Cond(i, j)]
+        return out

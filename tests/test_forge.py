@@ -1,0 +1,227 @@
+"""End to end through Forge (tests/forge_harness.py: the A1111 stand-in with Forge @ dfdcbab's denoiser,
+``forge_objects`` reset, U-Net patcher, ``sampling_function`` batching and transformer-block dispatch).
+
+S-CFG off is bit-identical to Forge's own path; S-CFG on gives the A1111 route's result (same U-Net, seed and
+settings) however Forge batches the chunks, leaves CFG 1 and extra U-Net calls of other extensions alone, and
+stacks with a CFG function (Dynamic Thresholding's slot) and a post-CFG function with an attention replace
+patch (SAG's way).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import webui_harness as H
+from conftest import hook_count
+from forge_harness import forge_model, forge_webui
+
+from scfg_ext.webui import forge, infotext
+
+SIZE, STEPS = (16, 16), 3
+
+
+def emb(seed: int, tokens: int = 77) -> torch.Tensor:
+    return torch.randn(tokens, 768, generator=torch.Generator().manual_seed(seed))
+
+
+A, B, C, NEG, NEG2 = emb(1), emb(2), emb(3), emb(4), emb(5)
+LONG = emb(6, 154)
+CASES = {  # (prompts, negative prompts): per image, its (cond, weight) sub-prompts
+    "plain": ([[(A, 1.0)]], [NEG]),
+    "AND": ([[(A, 1.0), (B, 0.6)]], [NEG]),
+    # the same weights in both images: Forge gives sub-prompt j of every image the last image's weight
+    # (backend/sampling/condition.py:129-131), where A1111 keeps each image's own
+    "batch 2 + AND": ([[(A, 1.0), (B, 0.5)], [(C, 1.0), (A, 0.5)]], [NEG, NEG2]),
+    "154-token prompt, 77-token negative": ([[(LONG, 1.0)]], [NEG]),
+}
+
+# Forge built-ins' ways of patching the U-Net, as a neighbour extension (loaded before ours): a CFG function
+# (Dynamic Thresholding, forge_dynamic_thresholding.py), a post-CFG function that runs an extra uncond-only
+# U-Net call with an attention replace patch on the middle block (SAG, forge_sag.py:112-166)
+NEIGHBOUR = '''
+import modules.scripts as scripts
+import torch
+
+
+class ForgeNeighbour(scripts.Script):
+    mode = None
+    seen = []
+
+    def title(self):
+        return "Forge neighbour (test)"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        if ForgeNeighbour.mode is None:
+            return
+        unet = p.sd_model.forge_objects.unet.clone()
+        if ForgeNeighbour.mode == "dt":
+            def cfg_function(args):
+                ForgeNeighbour.seen.append(args["cond_denoised"].clone())
+                x, cond, uncond = args["input"], args["cond_denoised"], args["uncond_denoised"]
+                result = uncond + (cond - uncond) * args["cond_scale"]
+                return x - result.clamp(-1.5, 1.5)
+            unet.set_model_sampler_cfg_function(cfg_function)
+        else:
+            from backend.sampling.sampling_function import calc_cond_uncond_batch
+
+            def attn_and_record(q, k, v, extra_options):
+                heads = extra_options["n_heads"]
+                b, n, _ = q.shape
+                q, k, v = (t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                return out.transpose(1, 2).reshape(b, n, -1)
+
+            def post_cfg(args):
+                uncond, x = args["uncond"], args["input"]
+                degraded, _ = calc_cond_uncond_batch(args["model"], uncond, None, x * 0.9, args["sigma"],
+                                                     args["model_options"])
+                ForgeNeighbour.seen.append(degraded)
+                return args["denoised"] + 0.0 * degraded
+
+            unet.set_model_attn1_replace(attn_and_record, "middle", 0, 0)
+            unet.set_model_sampler_post_cfg_function(post_cfg, disable_cfg1_optimization=True)
+        p.sd_model.forge_objects.unet = unet
+'''
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def a1111_results(small_unet):
+    """The A1111 route's images for every case, S-CFG on (computed before the WebUI is turned into Forge)."""
+    webui = H.load_webui()
+    runner, model = H.build_runner(webui), H.sd_model(small_unet)
+    return {name: H.generate(webui, runner, model, prompts, uncond, size=SIZE, steps=STEPS,
+                             args=H.script_args(runner, enabled=True))[0]
+            for name, (prompts, uncond) in CASES.items()}
+
+
+@pytest.fixture(scope="module")
+def webui(a1111_results, tmp_path_factory):
+    path = tmp_path_factory.mktemp("forge_neighbour") / "forge_neighbour.py"
+    path.write_text(NEIGHBOUR)
+    with forge_webui(extra_scripts=[path]) as webui:
+        yield webui
+
+
+@pytest.fixture(scope="module")
+def txt2img(webui):
+    return H.build_runner(webui)
+
+
+@pytest.fixture(scope="module")
+def model(small_unet):
+    return forge_model(small_unet)
+
+
+@pytest.fixture(autouse=True)
+def clean(webui, model, small_unet):
+    neighbour = webui.extra_modules[0].ForgeNeighbour
+    neighbour.mode, neighbour.seen = None, []
+    yield
+    neighbour.mode = None
+    sampling = __import__("backend.sampling.sampling_function", fromlist=["x"])
+    sampling.MAX_CHUNKS_PER_CALL = None
+    assert hook_count(small_unet) == 0  # nothing left on the shared U-Net
+    assert webui.script_module.SESSION.current is None
+    assert model.forge_objects_after_applying_lora.unet.model_options == {"transformer_options": {}}
+
+
+def generate(webui, runner, model, case="plain", enabled=True, **kw):
+    prompts, uncond = CASES[case]
+    args = H.script_args(runner, enabled=enabled) if runner is not None else None
+    kw = {"size": SIZE, "steps": STEPS, **kw}
+    if runner is None:
+        with H.extension_absent(webui):
+            return H.generate(webui, None, model, prompts, uncond, **kw)
+    return H.generate(webui, runner, model, prompts, uncond, args=args, **kw)
+
+
+def close(a, b, rel=1e-4) -> bool:
+    """Equal up to float rounding: Forge batches the uncond rows first, A1111 last, so the U-Net's kernels
+    round differently (measured: 3e-4 on values up to 25)."""
+    return (a - b).abs().max().item() <= rel * b.abs().max().item()
+
+
+def test_the_forge_backend_is_chosen(webui):
+    assert isinstance(webui.script_module.SESSION.backend, forge.Backend)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M"])
+def test_disabled_is_bit_identical_to_forge_without_the_extension(webui, txt2img, model, sampler):
+    plain, _ = generate(webui, None, model, "batch 2 + AND", sampler=sampler)
+    disabled, p = generate(webui, txt2img, model, "batch 2 + AND", enabled=False, sampler=sampler)
+    assert torch.equal(plain, disabled)
+    assert not any(key in p.extra_generation_params for key in infotext.ALL_KEYS)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_enabled_equals_the_a1111_route(webui, txt2img, model, a1111_results, case):
+    plain, _ = generate(webui, None, model, case)
+    on, p = generate(webui, txt2img, model, case)
+    assert torch.isfinite(on).all()
+    assert (on - plain).abs().max() > 1e-2
+    assert close(on, a1111_results[case]), (on - a1111_results[case]).abs().max()
+    assert p.extra_generation_params[infotext.ENABLED_KEY] == "True"
+    assert infotext.NOTICE_KEY not in p.extra_generation_params
+
+
+@pytest.mark.parametrize("case", ["batch 2 + AND", "154-token prompt, 77-token negative"])
+def test_split_calls_equal_one_call(webui, txt2img, model, case):
+    one_call, _ = generate(webui, txt2img, model, case)
+    sampling = __import__("backend.sampling.sampling_function", fromlist=["x"])
+    sampling.MAX_CHUNKS_PER_CALL = 1  # low free memory: every chunk in its own U-Net call, uncond first
+    split, p = generate(webui, txt2img, model, case)
+    assert close(split, one_call)
+    assert infotext.NOTICE_KEY not in p.extra_generation_params
+
+
+def test_cfg_1_is_untouched(webui, txt2img, model):
+    plain, _ = generate(webui, None, model, "AND", cfg_scale=1.0)
+    on, p = generate(webui, txt2img, model, "AND", cfg_scale=1.0)
+    assert torch.equal(on, plain)
+    assert infotext.NOTICE_KEY not in p.extra_generation_params
+
+
+def test_an_extra_uncond_call_after_the_cfg_function_changes_nothing(webui, txt2img, model):
+    """SAG's way: an attention replace patch on the middle block and an uncond-only U-Net call in a
+    post-CFG function (here adding 0 times its result): S-CFG's result is the same as without it."""
+    alone, _ = generate(webui, txt2img, model, "batch 2 + AND")
+    neighbour = webui.extra_modules[0].ForgeNeighbour
+    neighbour.mode = "sag"
+    with_sag, p = generate(webui, txt2img, model, "batch 2 + AND")
+    assert len(neighbour.seen) == STEPS  # the extra call ran at every step
+    assert close(with_sag, alone)
+    assert infotext.NOTICE_KEY not in p.extra_generation_params
+
+
+def test_stacks_with_a_cfg_function(webui, txt2img, model):
+    """Dynamic Thresholding's slot: its function sees S-CFG's guided cond and both act."""
+    neighbour = webui.extra_modules[0].ForgeNeighbour
+    neighbour.mode = "dt"
+    dt_alone, _ = generate(webui, txt2img, model, "AND", enabled=False)
+    plain_conds = list(neighbour.seen)
+    neighbour.seen.clear()
+    both, _ = generate(webui, txt2img, model, "AND")
+    neighbour.mode = None
+    scfg_alone, _ = generate(webui, txt2img, model, "AND")
+    assert (neighbour.seen[0] - plain_conds[0]).abs().max() > 1e-3  # DT got S-CFG's cond
+    assert (both - dt_alone).abs().max() > 1e-2 and (both - scfg_alone).abs().max() > 1e-2
+
+
+def test_hires_at_cfg_1_tells_the_user(webui, txt2img, model):
+    """Forge's API default hr_cfg = 1: the hires pass has no uncond; S-CFG says so in the infotext."""
+    p = H.make_p(webui, txt2img, model, size=SIZE, steps=STEPS, args=H.script_args(txt2img, enabled=True))
+    p.hr_cfg = 1.0
+    prompts, uncond = CASES["plain"]
+    _, p = H.generate(webui, txt2img, model, prompts, uncond, p=p, hires=((24, 24), 2))
+    assert "Hires CFG Scale 1" in p.extra_generation_params[infotext.NOTICE_KEY]
