@@ -7,7 +7,8 @@ import torch
 from attention_forwards import installed, scaled_dot_product_attention_forward, split_cross_attention_forward
 from conftest import hook_count
 
-from scfg_ext import AttentionCapture, Cond, ScfgRun, Settings, Uncond, find_attention_layers
+from scfg_ext import AttentionCapture, Cond, ScfgRun, Settings, Uncond, find_attention_layers, semantic_masks, testbed
+from scfg_ext import masks as M
 
 LATENT = (24, 40)  # non-square; /4 = 6x10, /8 = 3x5
 
@@ -131,3 +132,207 @@ def test_unexpected_map_size_skips_the_step_with_one_warning(small_unet):
             assert torch.equal(combined, uncond + (cond - uncond) * 7.5)
     assert len(warnings) == 1 and "does not fit" in warnings[0]
     assert run.steps_applied == 0
+
+
+# ---------------------------------------------------------------- against the method on reference probabilities
+
+
+def run_reference(unet, x, t, ctx, rows, key_context=None):
+    """Per layer, the head-averaged probabilities recomputed from the module's own to_q/to_k on the inputs the
+    U-Net gave it (``reference_probs``), for ``rows``; returns [(layer, self, cross, (h, w))]. ``key_context``:
+    what the attention forward does to the cross-attention context before ``to_k``."""
+    seen = {}
+
+    def record(name):
+        def hook(module, args, kwargs, output):
+            seen[name] = (args[0], kwargs.get("context", args[1] if len(args) > 1 else None))
+        return hook
+
+    layers = find_attention_layers(unet)
+    handles = [m.register_forward_hook(record(f"{layer.name}.{a}"), with_kwargs=True)
+               for layer in layers for a, m in (("attn1", layer.attn1), ("attn2", layer.attn2))]
+    try:
+        unet(x, t, context=ctx)
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for layer in layers:
+        x1, _ = seen[layer.name + ".attn1"]
+        x2, c2 = seen[layer.name + ".attn2"]
+        s = reference_probs(layer.attn1, x1[rows], None)
+        c = reference_probs(layer.attn2, x2[rows], (key_context or (lambda c: c))(c2[rows]))
+        hw = M.grid_size(x.shape[-2:], layer.factor)
+        out.append((layer, s, c, hw))
+    return out
+
+
+def reference_sums(layers, latent, refine):
+    """The per-layer path (``layer_maps`` + ``MaskAccumulator.add_tokens``, what ``semantic_masks`` runs)."""
+    acc = M.MaskAccumulator()
+    grid = M.grid_size(latent)
+    for _, s, c, hw in layers:
+        pair_w = M.pair_weights(c.shape[-1], M.chunk_starts(c.shape[-1]), c.device)
+        acc.add_tokens(M.layer_maps(s, c, hw, grid, refine), pair_w)
+    return acc.tokens(), acc.pair()
+
+
+@pytest.fixture(scope="module")
+def small_sdxl_unet():
+    return testbed.build_sdxl_unet(testbed.SDXL_SMALL, depths=(0, 1, 2))
+
+
+@pytest.mark.parametrize("model,forward,refine", [
+    ("sd", scaled_dot_product_attention_forward, "official"),
+    ("sd", split_cross_attention_forward, "paper"),
+    ("sd", None, "none"),
+    ("sdxl", scaled_dot_product_attention_forward, "official"),
+])
+def test_masks_equal_the_method_on_reference_probabilities(small_unet, small_sdxl_unet, model, forward, refine):
+    unet = small_unet if model == "sd" else small_sdxl_unet
+    dim = 768 if model == "sd" else 64
+    gen = torch.Generator().manual_seed(5)
+    x, t, ctx = torch.randn(3, 4, *LATENT, generator=gen), torch.full((3,), 500), torch.randn(3, 77, dim, generator=gen)
+    roles = [Cond(0), Cond(1), Uncond(0)]
+    capture = AttentionCapture(refine=refine, foreground="cond")
+    with installed(forward) if forward else contextlib.nullcontext():
+        ref = run_reference(unet, x, t, ctx, [0, 1])
+        with capture.attach(unet):
+            capture.plan_step(roles)
+            unet(x, t, context=ctx)
+            got = capture.masks()
+    tokens, pair = reference_sums(ref, LATENT, refine)
+    acc = capture._calls[0].acc  # the continuous sums, before argmax
+    torch.testing.assert_close(acc.tokens(), tokens, rtol=2e-4, atol=1e-5)
+    torch.testing.assert_close(acc.pair(), pair, rtol=2e-4, atol=1e-5)
+    regions, fg = semantic_masks([(s, c, hw) for _, s, c, hw in ref], LATENT, refine=refine)
+    for i in range(2):
+        # argmax decisions: at most one near-tied grid cell of the 6x10 grid (1/60 of the latent) may flip
+        assert (got[Cond(i)][0] != regions[i : i + 1]).any(1).float().mean() < 0.02
+        assert (got[Cond(i)][1] != fg[i : i + 1]).float().mean() < 0.02
+
+
+def test_chunked_processing_gives_the_same_maps(small_sdxl_unet):
+    gen = torch.Generator().manual_seed(6)
+    x, t, ctx = torch.randn(2, 4, *LATENT, generator=gen), torch.full((2,), 500), torch.randn(2, 77, 64, generator=gen)
+    sums, chunks = [], []
+    for budget in (None, 1):  # default: one chunk; 1 byte: every layer alone, self scores one row's heads at a time
+        capture = AttentionCapture(foreground="uncond", memory_budget=budget)
+        capture.on_process = chunks.append
+        with installed(scaled_dot_product_attention_forward), capture.attach(small_sdxl_unet):
+            capture.plan_step([Cond(0), Uncond(0)])
+            small_sdxl_unet(x, t, context=ctx)
+            assert capture.masks()
+        sums.append((capture._calls[0].acc.tokens(), capture._calls[0].acc.pair()))
+        chunks.append("|")
+    n = len(find_attention_layers(small_sdxl_unet))
+    assert chunks == [n, "|"] + [1] * n + ["|"]
+    torch.testing.assert_close(sums[0], sums[1], rtol=1e-5, atol=1e-6)
+
+
+def count_ops(fn) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+def test_added_operations_do_not_grow_with_the_number_of_layers():
+    """The SDXL structure with 1 and 3 transformer blocks per latent/4 transformer (4 and 12 captured layers):
+    S-CFG adds the same number of tensor operations to a U-Net call."""
+    gen = torch.Generator().manual_seed(7)
+    x, t, ctx = torch.randn(2, 4, *LATENT, generator=gen), torch.full((2,), 500), torch.randn(2, 77, 64, generator=gen)
+    added = {}
+    with installed(scaled_dot_product_attention_forward):
+        for depth in (1, 3):
+            unet = testbed.build_sdxl_unet(testbed.SDXL_SMALL, depths=(0, 1, depth))
+            plain = count_ops(lambda u=unet: u(x, t, context=ctx))
+            capture = AttentionCapture()
+            with capture.attach(unet):
+                capture.plan_step([Cond(0), Uncond(0)])
+                unet(x, t, context=ctx)  # warm the caches (constant tensors made once per device)
+                capture.plan_step([Cond(0), Uncond(0)])
+                hooked = count_ops(lambda u=unet: u(x, t, context=ctx))
+                assert capture.masks() and len(capture.layers) == 4 * depth
+            added[depth] = hooked - plain
+    assert added[1] == added[3] and 0 < added[1] <= 40, added
+
+
+# ---------------------------------------------------------------- what other extensions do to the projections
+
+
+def forward_with(self_keys=None, cross_context=None, to_k_twice=False):
+    """sdp forward variants: extra self-attention keys (reference-only ControlNet), a changed key context
+    (hypernetworks), or to_k run twice."""
+    def forward(self, x, context=None, mask=None, **kwargs):
+        h = self.heads
+        is_self = context is None
+        context = x if context is None else context
+        q = self.to_q(x)
+        ctx_k = context
+        if is_self and self_keys is not None:
+            ctx_k = torch.cat([context, self_keys(context)], 1)
+        if not is_self and cross_context is not None:
+            ctx_k = cross_context(context)
+        k = self.to_k(ctx_k)
+        if to_k_twice:
+            k = self.to_k(ctx_k)
+        v = self.to_v(ctx_k)
+        b, n, inner = q.shape
+        q, k, v = (z.reshape(b, z.shape[1], h, inner // h).transpose(1, 2) for z in (q, k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, inner))
+    return forward
+
+
+@pytest.mark.parametrize("variant,message", [
+    (dict(self_keys=lambda c: c.flip(1)), "do not match"),
+    (dict(to_k_twice=True), "more than once"),
+])
+def test_unusable_projections_skip_the_step_without_raising(small_unet, variant, message):
+    x, t, ctx = inputs()
+    with installed(forward_with(**variant)):
+        plain = small_unet(x, t, context=ctx)
+        capture = AttentionCapture()
+        with capture.attach(small_unet):
+            capture.plan_step([Cond(0), Uncond(0)])
+            hooked = small_unet(x, t, context=ctx)
+            assert capture.masks() == {} and message in capture.error
+    assert torch.equal(plain, hooked)
+
+
+def test_keys_include_what_the_forward_does_to_the_context(small_unet):
+    """A hypernetwork changes the context before to_k inside the attention forward: the captured cross maps
+    are those of the changed keys (the old recomputation missed them)."""
+    x, t, ctx = inputs()
+    change = lambda c: torch.tanh(c) * 3  # noqa: E731
+    observed = {}
+    capture = AttentionCapture()
+    capture.observer = lambda layer, roles, s, c: observed.setdefault(layer.name, c)
+    ref = {}
+    with installed(forward_with(cross_context=change)):
+        for layer, _, c, _ in run_reference(small_unet, x, t, ctx, [0], key_context=change):
+            ref[layer.name] = c
+        with capture.attach(small_unet):
+            capture.plan_step([Cond(0), Uncond(0)])
+            small_unet(x, t, context=ctx)
+    assert set(observed) == set(ref)
+    for name, c in observed.items():
+        torch.testing.assert_close(c, ref[name])
+
+
+def test_capture_under_inference_mode(small_unet):
+    x, t, ctx = inputs()
+    capture = AttentionCapture()
+    with torch.inference_mode(), capture.attach(small_unet):
+        capture.plan_step([Cond(0), Uncond(0)])
+        small_unet(x, t, context=ctx)
+        assert capture.masks() and capture.error is None

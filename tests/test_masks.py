@@ -311,3 +311,46 @@ def test_package_needs_nothing_but_torch():
 
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- batched accumulation (what the capture uses)
+
+
+@pytest.mark.parametrize("tokens,chunks", [(12, (0,)), (154, (0, 77))])
+def test_add_layers_equals_one_add_tokens_per_layer(tokens, chunks):
+    from scfg_ext.masks import MaskAccumulator, layer_maps, pair_weights
+
+    gen = torch.Generator().manual_seed(11)
+    latent = (24, 40)
+    layers = random_layers(3, latent, tokens, gen, n4=4, n8=0)
+    grid = (6, 10)
+    maps = torch.stack([layer_maps(s, c, hw, grid, "official") for s, c, hw in layers])  # (L, B, T, gh, gw)
+    pair_w = pair_weights(tokens, chunks)
+    one, batched, pre_reduced = MaskAccumulator(), MaskAccumulator(), MaskAccumulator()
+    for m in maps:
+        one.add_tokens(m, pair_w)
+    batched.add_layers(maps[:2], pair_w)
+    batched.add_layers(maps[2:], pair_w)
+    # the capture's layout: the [background, rest] reduction already appended as two channels
+    both = torch.cat([maps, torch.stack([layer_map_pair(s, c, hw, grid, pair_w) for s, c, hw in layers])], 2)
+    pre_reduced.add_layers(both)
+    for acc in (batched, pre_reduced):
+        assert acc.layers == one.layers == len(layers)
+        torch.testing.assert_close(acc.tokens(), one.tokens(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(acc.pair(), one.pair(), rtol=1e-5, atol=1e-6)
+
+
+def layer_map_pair(s, c, hw, grid, pair_w):
+    from scfg_ext.masks import layer_maps, reduce_to_pair
+
+    return layer_maps(s, reduce_to_pair(c, pair_w), hw, grid, "official")
+
+
+@pytest.mark.parametrize("hw,grid", [((8, 8), (16, 16)), ((3, 5), (6, 10)), ((4, 3), (7, 5))])
+def test_resize_matrix_is_the_bilinear_resize(hw, grid):
+    from scfg_ext.masks import resize_matrix
+
+    m = torch.rand(5, 7, *hw)
+    ref = torch.nn.functional.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+    got = (m.reshape(5, 7, -1) @ resize_matrix(hw, grid)).view(5, 7, *grid)
+    torch.testing.assert_close(got, ref)
