@@ -14,3 +14,10 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "dev/setup.sh: could not install chromium; the browser test will be skipped" >&2
 fi
+# Forge's gradio 4.40 (its pins) in a second venv, for tests/test_forge_ui.py; its own .gitignore keeps it out of
+# git and ruff
+[ -x .venv-gradio4/bin/python ] || "$PY" -m venv .venv-gradio4
+echo '*' > .venv-gradio4/.gitignore
+G4=(.venv-gradio4/bin/python -m pip install -q --disable-pip-version-check)
+"${G4[@]}" torch==2.13.0
+"${G4[@]}" -r requirements-gradio4.txt
