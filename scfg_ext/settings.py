@@ -111,19 +111,9 @@ FIELDS: tuple[Field, ...] = (
 FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Validated S-CFG settings; construction raises ``SettingsError`` on any bad value."""
-
-    enabled: bool = False
-    min_rate: float = 0.8
-    max_rate: float = 3.0
-    max_scale: float = 15.0
-    refine: str = "official"
-    foreground: str = "cond"
-    start: float = 0.0
-    end: float = 1.0
-    hires: bool = True
+class _Settings:
+    """Validated S-CFG settings, one attribute per ``FIELDS`` entry with its default; construction raises
+    ``SettingsError`` on any bad value."""
 
     def __post_init__(self) -> None:
         for f in FIELDS:
@@ -170,3 +160,10 @@ class Settings:
         if len(args) > len(FIELDS):
             raise SettingsError(f"S-CFG takes at most {len(FIELDS)} positional args, got {len(args)}")
         return cls(**{f.name: v for f, v in zip(FIELDS, args, strict=False)})
+
+
+Settings = dataclasses.make_dataclass(
+    "Settings", [(f.name, f.kind, dataclasses.field(default=f.default)) for f in FIELDS],
+    bases=(_Settings,), frozen=True,
+)
+Settings.__module__, Settings.__doc__ = __name__, _Settings.__doc__
