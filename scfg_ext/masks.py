@@ -139,14 +139,30 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
 
+def _smoothed_column_sums(n: int, mode: str) -> list[float]:
+    # column sums of the n x n matrix of the 1-D 3-tap smoothing with ``mode`` padding
+    sums = [0.0] * n
+    for i in range(n):
+        for tap, weight in zip((i - 1, i, i + 1), GAUSSIAN_1D, strict=True):
+            if tap < 0:
+                tap = 1 if mode == "reflect" else 0
+            elif tap >= n:
+                tap = n - 2 if mode == "reflect" else n - 1
+            sums[tap] += weight
+    return sums
+
+
 @functools.lru_cache(maxsize=32)
 def _smoothed_mean_weights(grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-    # w with mean(gaussian_smooth(m)) == sum(m * w) for any map m: the adjoint of the smoothing applied to
-    # the uniform averaging weights (reflect padding makes the border weights differ from 1/(gh*gw))
-    with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-        ones = torch.ones(1, 1, *grid, device=device, requires_grad=True)
-        gaussian_smooth(ones).mean().backward()
-    return ones.grad.detach().flatten()  # (gh * gw,)
+    # w with mean(gaussian_smooth(m)) == sum(m * w) for any map m: the adjoint of the smoothing applied to the
+    # uniform averaging weights (reflect padding makes the border weights differ from 1/(gh*gw)). The smoothing
+    # is separable, so w is the outer product of the 1-D column sums; no autograd, which Forge's
+    # inference mode would refuse
+    h, w = grid
+    mode = "reflect" if min(h, w) >= 2 else "replicate"
+    rows = torch.tensor(_smoothed_column_sums(h, mode), dtype=torch.float64)
+    cols = torch.tensor(_smoothed_column_sums(w, mode), dtype=torch.float64)
+    return (torch.outer(rows, cols) / (h * w)).flatten().float().to(device)  # (gh * gw,)
 
 
 @functools.lru_cache(maxsize=16)

@@ -6,6 +6,7 @@ module, see ``forge_webui``.
   runs through ``backend.sampling.sampling_function``; ``combine_denoised`` is never called.
 * ``p.sd_model.forge_objects`` is reset from ``forge_objects_after_applying_lora`` right before every
   ``process_before_every_sampling`` (``modules/processing.py``:1373-1381, :1518-1526, :1851-1859).
+* The whole generation runs under ``torch.inference_mode()`` (``modules/processing.py``:911); ``generate``.
 * The U-Net is reached through ``forge_objects.unet`` (``backend/patcher/unet.py``), whose model runs the
   real ldm U-Net with Forge's transformer-block patch dispatch (``backend/nn/unet.py``).
 """
@@ -37,8 +38,9 @@ def forge_forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_
     cond_composition, cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
     uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step) if uncond is not None else None
 
-    if self.mask is not None:  # upstream adds noise_scaling(sigma, randn, init_latent) for the masked part
-        x = x * self.nmask + (self.init_latent + sigma[:, None, None, None] * torch.randn_like(x)) * self.mask
+    if self.mask is not None:  # noise_scaling(sigma, randn_like, init_latent); the noise seeded per step here
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(self.step)).to(x)
+        x = x * self.nmask + (self.init_latent + sigma[:, None, None, None] * noise) * self.mask
 
     denoiser_params = CFGDenoiserParams(x, image_cond, sigma, state.sampling_step, state.sampling_steps, cond,
                                         uncond, self)
@@ -122,3 +124,9 @@ def forge_webui(extra_scripts=()):
     finally:
         runner_cls.process_before_every_sampling, denoiser_cls.forward, host.IS_FORGE = saved
 
+
+
+def generate(*args, **kwargs):
+    """``webui_harness.generate`` under inference mode, as Forge's ``process_images_inner`` runs."""
+    with torch.inference_mode():
+        return H.generate(*args, **kwargs)

@@ -14,6 +14,7 @@ import torch
 import webui_harness as H
 from conftest import hook_count
 from forge_harness import forge_model, forge_webui
+from forge_harness import generate as forge_generate
 
 from scfg_ext.webui import forge, infotext
 
@@ -119,6 +120,11 @@ def txt2img(webui):
 
 
 @pytest.fixture(scope="module")
+def img2img_runner(webui):
+    return H.build_runner(webui, is_img2img=True)
+
+
+@pytest.fixture(scope="module")
 def model(small_unet):
     return forge_model(small_unet)
 
@@ -142,8 +148,8 @@ def generate(webui, runner, model, case="plain", enabled=True, **kw):
     kw = {"size": SIZE, "steps": STEPS, **kw}
     if runner is None:
         with H.extension_absent(webui):
-            return H.generate(webui, None, model, prompts, uncond, **kw)
-    return H.generate(webui, runner, model, prompts, uncond, args=args, **kw)
+            return forge_generate(webui, None, model, prompts, uncond, **kw)
+    return forge_generate(webui, runner, model, prompts, uncond, args=args, **kw)
 
 
 def close(a, b, rel=1e-4) -> bool:
@@ -154,6 +160,17 @@ def close(a, b, rel=1e-4) -> bool:
 
 def test_the_forge_backend_is_chosen(webui):
     assert isinstance(webui.script_module.SESSION.backend, forge.Backend)
+
+
+def test_works_under_inference_mode_with_cold_caches(webui, txt2img, model):
+    """Forge samples under torch.inference_mode(), where autograd (and so anything cached that needed it)
+    is unavailable: S-CFG's constants must be computed without it."""
+    from scfg_ext import masks
+
+    masks._smoothed_mean_weights.cache_clear()
+    plain, _ = generate(webui, None, model)
+    on, p = generate(webui, txt2img, model)
+    assert (on - plain).abs().max() > 1e-2 and infotext.NOTICE_KEY not in p.extra_generation_params
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M"])
@@ -223,5 +240,62 @@ def test_hires_at_cfg_1_tells_the_user(webui, txt2img, model):
     p = H.make_p(webui, txt2img, model, size=SIZE, steps=STEPS, args=H.script_args(txt2img, enabled=True))
     p.hr_cfg = 1.0
     prompts, uncond = CASES["plain"]
-    _, p = H.generate(webui, txt2img, model, prompts, uncond, p=p, hires=((24, 24), 2))
+    _, p = forge_generate(webui, txt2img, model, prompts, uncond, p=p, hires=((24, 24), 2))
     assert "Hires CFG Scale 1" in p.extra_generation_params[infotext.NOTICE_KEY]
+
+
+def test_hires_pass_is_guided_at_hires_cfg(webui, txt2img, model, small_unet):
+    calls = []
+    hook = small_unet.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[-1]))
+    try:
+        p = H.make_p(webui, txt2img, model, size=SIZE, steps=STEPS, args=H.script_args(txt2img, enabled=True))
+        p.hr_cfg = 7.5
+        prompts, uncond = CASES["plain"]
+        on, p = forge_generate(webui, txt2img, model, prompts, uncond, p=p, hires=((24, 24), 2))
+    finally:
+        hook.remove()
+    assert torch.isfinite(on).all() and infotext.NOTICE_KEY not in p.extra_generation_params
+    assert 24 in calls
+
+
+def test_inpaint(webui, img2img_runner, model):
+    init = torch.randn(1, 4, *SIZE, generator=torch.Generator().manual_seed(9))
+    mask = torch.zeros(1, 1, *SIZE)
+    mask[..., :8, :] = 1  # keep the top half
+    plain, _ = generate(webui, None, model, img2img=init, mask=mask)
+    off, _ = generate(webui, img2img_runner, model, enabled=False, img2img=init, mask=mask)
+    on, p = generate(webui, img2img_runner, model, img2img=init, mask=mask)
+    assert torch.equal(off, plain)
+    assert torch.isfinite(on).all() and (on - plain).abs().max() > 1e-2
+    assert infotext.NOTICE_KEY not in p.extra_generation_params
+
+
+def test_a_prompt_too_long_to_batch_with_its_negative_gets_a_notice(webui, txt2img, model):
+    """385 tokens against 77 (more than 4x): Forge runs the prompt first, before the uncond S-CFG needs."""
+    CASES["385-token prompt"] = ([[(emb(7, 385), 1.0)]], [NEG])
+    try:
+        plain, _ = generate(webui, None, model, "385-token prompt")
+        on, p = generate(webui, txt2img, model, "385-token prompt")
+    finally:
+        del CASES["385-token prompt"]
+    assert torch.equal(on, plain)
+    assert "before the negative prompt" in p.extra_generation_params[infotext.NOTICE_KEY]
+
+
+def test_a_model_without_a_unet_is_named_and_left_alone(webui, txt2img, model):
+    """Flux, Chroma, SD3 ...: Forge gives them no ldm-style U-Net; S-CFG names the family and steps aside."""
+    from forge_harness import ForgeObjects
+
+    class Flux:
+        forge_objects = ForgeObjects(type("Patcher", (), {"model": torch.nn.Module(), "clone": None})())
+
+    assert forge.Backend().unsupported_reason(Flux()) == "Flux has no U-Net with cross-attention"
+    p = H.make_p(webui, txt2img, model, args=H.script_args(txt2img, enabled=True))
+    webui.shared.sd_model = Flux()
+    try:
+        webui.script_module.SESSION.process(p, [True])
+    finally:
+        webui.shared.sd_model = model
+    assert p.scfg_settings is None
+    assert p.extra_generation_params[infotext.NOTICE_KEY] == \
+        "S-CFG is off for this model: Flux has no U-Net with cross-attention; using plain CFG"
