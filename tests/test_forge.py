@@ -299,3 +299,23 @@ def test_a_model_without_a_unet_is_named_and_left_alone(webui, txt2img, model):
     assert p.scfg_settings is None
     assert p.extra_generation_params[infotext.NOTICE_KEY] == \
         "S-CFG is off for this model: Flux has no U-Net with cross-attention; using plain CFG"
+
+
+def test_a_wrapper_set_after_ours_is_reported(webui, txt2img, model, monkeypatch):
+    """MultiDiffusion's way: its own U-Net function wrapper, set after S-CFG's (Forge keeps one)."""
+    from backend.patcher.unet import UnetPatcher
+
+    clone = UnetPatcher.clone
+
+    def clone_then_wrap(self):
+        n = clone(self)
+        n.model_options["model_function_wrapper"] = lambda apply, args: apply(args["input"], args["timestep"],
+                                                                              **args["c"])
+        return n
+
+    monkeypatch.setattr(UnetPatcher, "clone", clone_then_wrap)  # every later set_... lands on a wrapped clone
+    monkeypatch.setattr(UnetPatcher, "set_model_unet_function_wrapper", lambda self, f: None)
+    plain, _ = generate(webui, None, model)
+    on, p = generate(webui, txt2img, model)
+    assert torch.equal(on, plain)
+    assert "replaced S-CFG's U-Net function wrapper" in p.extra_generation_params[infotext.NOTICE_KEY]

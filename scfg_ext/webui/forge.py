@@ -72,6 +72,10 @@ class Backend:
         current.stack.callback(self.steps.pop, id(current), None)
 
     def plan(self, current: Pass, params) -> list:
+        previous = self.steps.get(id(current))
+        if previous is not None and current.run.active and previous.conds_seen == 0:
+            current.run.warn_once("another extension replaced S-CFG's U-Net function wrapper (Forge allows one; "
+                                  "MultiDiffusion and Radial attention use it): S-CFG was not applied")
         batch = current.denoiser.sampler.sampler_extra_args["cond"].batch  # MulticondLearnedConditioning
         self.steps[id(current)] = Step(min(len(prompts) for prompts in batch))
         return []  # the roles are declared per U-Net call, from cond_or_uncond
