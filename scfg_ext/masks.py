@@ -1,7 +1,7 @@
 """The S-CFG math: semantic region masks from attention maps and the per-region guidance rate.
 
-Pure torch, no WebUI imports. Every step follows the official code (SmilesDZgk/S-CFG, ``sd/``),
-see ``../shared/docs/algorithm.md`` §2; deviations are deliberate and named where they happen.
+Pure torch, no WebUI imports. Every step follows the official code (SmilesDZgk/S-CFG at 4e5c9a7,
+``sd/sd.py`` and ``sd/utils.py``); deviations are deliberate and named where they happen.
 
 Shapes: ``B`` rows (images), ``T`` token positions, ``N = h*w`` attention positions of one layer,
 ``(gh, gw)`` the segmentation grid (latent / 4), ``(H, W)`` the latent.

@@ -4,7 +4,7 @@ Forge never calls ``combine_denoised``: ``sampling_function`` runs the U-Net thr
 (``backend/sampling/sampling_function.py``), one call per batch of chunks, each chunk all images' rows of
 one entry: the uncond, or one ``AND`` sub-prompt. ``transformer_options["cond_or_uncond"]`` names the chunks
 (1 = uncond, 0 = cond); batched, the uncond comes first; under memory pressure the chunks go into separate
-calls; a prompt too long to batch with its negative runs first; at CFG 1 the uncond is not run at all.
+calls; a prompt whose length can't be batched with the negative's runs first; at CFG 1 the uncond is not run.
 
 Per pass, a U-Net function wrapper on a clone of ``forge_objects.unet`` (dropped with the clone: Forge
 resets ``forge_objects`` before every pass) declares each call's row roles to the capture and, once the
@@ -92,8 +92,8 @@ class Backend:
         chunks = list(args["cond_or_uncond"])
         if step.conds_seen >= step.conds_expected:  # the step's last chunks, or an extra call after its CFG
             if UNCOND in chunks and step.uncond is None and step.unguided:
-                run.warn_once("Forge ran the prompt before the negative prompt (a prompt more than four times "
-                              "longer than the negative): those steps used plain CFG")
+                run.warn_once("Forge ran the prompt before the negative prompt (their lengths in 75-token chunks "
+                              "are too different to batch): those steps used plain CFG")
             return run_unet()
         b = args["input"].shape[0] // len(chunks)
         roles, cond_chunks = [], []
