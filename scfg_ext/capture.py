@@ -35,7 +35,7 @@ from . import masks as M
 
 CHUNK_TOKENS = 77  # CLIP context chunk: A1111/Forge concatenate 77-token chunks, each with its own SOT
 MIN_BUDGET_BYTES = 64 * 2**20  # memory budget floor for the stash and its processing
-BUDGET_FRACTION = 0.04  # default budget: this fraction of the U-Net's parameter bytes (or the floor)
+BUDGET_FRACTION = 0.10  # default budget: this fraction of the U-Net's parameter bytes (or the floor)
 _SLOTS = 4  # attn1.to_q, attn1.to_k, attn2.to_q, attn2.to_k
 
 
@@ -127,11 +127,12 @@ def _version(t: torch.Tensor) -> int | None:
 class _Group:
     """Shapes shared by the stashed layers processed together."""
 
-    __slots__ = ("rows", "n", "tokens", "channels", "heads", "hw", "scale1", "scale2", "stash_bytes")
+    __slots__ = ("rows", "n", "tokens", "channels", "heads", "hw", "scale1", "scale2", "stash_bytes", "factor")
 
-    def __init__(self, rows, n, tokens, channels, heads, hw, scale1, scale2, stash_bytes):
+    def __init__(self, rows, n, tokens, channels, heads, hw, scale1, scale2, stash_bytes, factor):
         self.rows, self.n, self.tokens, self.channels, self.heads = rows, n, tokens, channels, heads
         self.hw, self.scale1, self.scale2, self.stash_bytes = hw, scale1, scale2, stash_bytes
+        self.factor = factor
 
     def work_bytes(self) -> tuple[int, int]:
         """Per layer, float32: (the head-split copy + everything after the self scores, one layer-row's self
@@ -179,6 +180,8 @@ class AttentionCapture:
         self._open: dict[int, list] = {}  # layer index -> its four projections seen so far in this call
         self._pending: dict[tuple, list] = {}  # group key -> completed layers waiting to be processed
         self._groups: dict[tuple, _Group] = {}  # group key -> its shapes (this call)
+        self._per_factor: dict[int, int] = {}  # captured blocks per level
+        self._left: dict[int, int] = {}  # blocks per level not yet complete in this call
         self._calls: list[_CallMaps] = []  # this step's accumulators, one per U-Net call
         self.error: str | None = None  # why this step's maps are unusable, if they are
         # optional ``observer(layer, roles, self_attn, cross_attn)``: sees every captured layer's head-averaged
@@ -199,6 +202,9 @@ class AttentionCapture:
         self.detach()
         try:
             self.layers = find_attention_layers(unet)
+            self._per_factor = {}
+            for layer in self.layers:
+                self._per_factor[layer.factor] = self._per_factor.get(layer.factor, 0) + 1
             if self.memory_budget is None:
                 weights = sum(p.numel() * p.element_size() for p in unet.parameters())
                 self.budget = max(MIN_BUDGET_BYTES, int(BUDGET_FRACTION * weights))
@@ -222,6 +228,7 @@ class AttentionCapture:
         self._open.clear()
         self._pending.clear()
         self._groups.clear()
+        self._left.clear()
 
     # -- per step -----------------------------------------------------------------------------------------
     def plan_step(self, roles: Sequence[Role | None]) -> None:
@@ -328,9 +335,16 @@ class AttentionCapture:
         if queue is None:
             queue = self._pending[key] = []
             stash = sum(t.numel() * t.element_size() for t in tensors)
-            self._groups[key] = _Group(len(call.rows), n, k2.shape[1], c, heads, hw, scale1, scale2, stash)
+            self._groups[key] = _Group(len(call.rows), n, k2.shape[1], c, heads, hw, scale1, scale2, stash,
+                                       layer.factor)
         queue.append((i, tensors, [_version(t) for t in tensors]))
-        if self._groups[key].cost(len(queue) + 1) > self.budget:
+        left = self._left[layer.factor] = self._left.get(layer.factor, self._per_factor[layer.factor]) - 1
+        if left == 0:
+            # the last block of its level: process now rather than hold the stash through the rest of the U-Net
+            # (its largest activations come after the latent/4 level)
+            for k in [k for k in self._pending if self._groups[k].factor == layer.factor]:
+                self._process(k)
+        elif self._groups[key].cost(len(queue) + 1) > self.budget:
             self._process(key)
 
     def _finish(self, call: _CallMaps) -> None:
