@@ -319,6 +319,7 @@ def guidance_rate(
     min_rate: float = 0.8,
     max_rate: float = 3.0,
     max_scale: float | None = 15.0,
+    token_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-pixel guidance rate ``(B, 1, H, W)`` float32: the S-CFG scale is ``cfg_scale * rate``.
 
@@ -326,13 +327,23 @@ def guidance_rate(
     rate is invariant to a positive factor) is brought to the foreground's mean norm; then clamp to
     ``[min_rate, max_rate]``, then to ``<= max_scale / cfg_scale``, then the 3x3 Gaussian. An image whose
     foreground is empty gets rate 1 (plain CFG) rather than the official code's 0.8.
+
+    ``token_weights`` (``(B, T)`` or ``(T,)``, from ``weights.token_weights``) multiplies each token region's
+    ratio after the equalisation and before the clamps. A region of weight 0 gets rate exactly 1 before the
+    smoothing: plain CFG there, neither clamped to ``min_rate`` nor capped by ``max_scale``.
     """
     if min_rate > max_rate:
         raise ValueError(f"min_rate ({min_rate}) must not exceed max_rate ({max_rate})")
     ratio, fg_area = region_ratios(delta, regions, foreground)
+    if token_weights is not None:
+        w = token_weights.to(device=ratio.device, dtype=torch.float32).expand_as(ratio)
+        ratio = ratio * w
     rate = torch.einsum("bt,bthw->bhw", ratio, regions.float())[:, None]
     rate = rate.clamp(min_rate, max_rate)
     if max_scale and cfg_scale > 0:
         rate = rate.clamp(max=max_scale / cfg_scale)
+    if token_weights is not None:
+        plain = torch.einsum("bt,bthw->bhw", (w == 0).float(), regions.float())[:, None] > 0
+        rate = torch.where(plain, torch.ones_like(rate), rate)
     rate = gaussian_smooth(rate)
     return torch.where(fg_area[:, :, None, None] > 0, rate, torch.ones_like(rate))

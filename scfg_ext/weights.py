@@ -1,0 +1,212 @@
+"""Per-word guidance weights: ``horse: 1.3, sky: 0.7, red shirt: 1.2``.
+
+Pure Python + torch, no WebUI imports. ``parse_weights`` reads the text the user typed (and the infotext
+value, which ``format_weights`` writes), ``token_weights`` finds each phrase among the positive prompt's CLIP
+tokens and gives one multiplier per context position, which ``masks.guidance_rate(token_weights=...)``
+applies to the rate of that token's region (after the equalisation, before the clamps; ``0`` = plain CFG).
+
+Tokens are the strings the WebUI's CLIP tokenizer gives (``convert_ids_to_tokens``): a word ends with
+``</w>``, a word split by BPE is its pieces without ``</w>`` then the last one with it; the context is made of
+77-token chunks, each ``<|startoftext|>``, the prompt's tokens, ``<|endoftext|>``, then padding.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+CHUNK = 77  # = capture.CHUNK_TOKENS (not imported: this module stays free of the capture's imports)
+SOT = "<|startoftext|>"
+EOT = "<|endoftext|>"
+END_OF_WORD = "</w>"
+MAX_WEIGHT = 10.0
+_PREFIX = "S-CFG word weights: "
+
+# CLIP's pre-tokenisation (open_clip / transformers CLIPTokenizer), with Python's re instead of the regex
+# module: letters, single digits, runs of other symbols, and the English contractions. Each of these becomes
+# one word of BPE pieces, so a phrase split this way compares with the words reassembled from the tokens.
+_WORD_RE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_EMPHASIS_WEIGHT_RE = re.compile(r":\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*(?=[)\]])")
+
+
+class WeightsError(ValueError):
+    """A malformed word-weights text; the message names the entry."""
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    """One ``phrase: weight`` entry. ``phrase`` is canonical: emphasis brackets and their ``:number``
+    removed, whitespace collapsed, case kept (matching ignores case)."""
+
+    phrase: str
+    weight: float
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The phrase split as CLIP splits text into words, lower case."""
+        return phrase_words(self.phrase)
+
+
+def phrase_words(phrase: str) -> tuple[str, ...]:
+    return tuple(_WORD_RE.findall(phrase.lower()))
+
+
+def _canonical_phrase(text: str) -> str:
+    # the WebUI's prompt parser removes "(word:1.2)", "(word)", "[word]" before tokenizing: do the same
+    text = _EMPHASIS_WEIGHT_RE.sub("", text)
+    text = re.sub(r"[()\[\]]", " ", text)
+    return " ".join(text.split())
+
+
+def _parse_entry(raw: str) -> WeightEntry:
+    phrase, colon, number = raw.rpartition(":")
+    if not colon or not _NUMBER_RE.fullmatch(number.strip()):
+        raise WeightsError(f'{_PREFIX}"{raw}" is not "word: number"')
+    canonical = _canonical_phrase(phrase)
+    if not phrase_words(canonical):
+        raise WeightsError(f'{_PREFIX}"{raw}" has no word before the colon')
+    weight = float(number)
+    if not math.isfinite(weight) or not 0.0 <= weight <= MAX_WEIGHT:
+        raise WeightsError(f'{_PREFIX}"{raw}": the weight must be between 0 and {MAX_WEIGHT:g} '
+                           "(1 = unchanged, 0 = plain CFG there)")
+    return WeightEntry(canonical, weight + 0.0)  # + 0.0 turns -0.0 into 0.0
+
+
+def parse_weights(text: str) -> tuple[WeightEntry, ...]:
+    """Entries of ``phrase: number`` separated by commas (or new lines); empty text = no entries, empty
+    entries (a trailing comma) are ignored. Raises ``WeightsError`` naming the first malformed entry (no
+    colon, no word, a number that is not a finite 0..10, a phrase given twice, ignoring case)."""
+    entries: list[WeightEntry] = []
+    seen: dict[tuple[str, ...], str] = {}
+    for raw in re.split(r"[,\n]", text or ""):
+        raw = raw.strip()
+        if not raw:
+            continue
+        entry = _parse_entry(raw)
+        if entry.words in seen:
+            raise WeightsError(f'{_PREFIX}"{raw}" repeats "{seen[entry.words]}"; give each word once')
+        seen[entry.words] = raw
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _format_number(value: float) -> str:
+    text = repr(float(value))  # the shortest text that reads back to the same float
+    return text[:-2] if text.endswith(".0") else text
+
+
+def format_weights(entries: Iterable[WeightEntry]) -> str:
+    """The canonical text of ``entries`` (``parse_weights(format_weights(x)) == x``): ``horse: 1.3, sky: 0.7``."""
+    return ", ".join(f"{e.phrase}: {_format_number(e.weight)}" for e in entries)
+
+
+# ------------------------------------------------------------------------------------------------------
+# tokens
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word reassembled from its BPE pieces: ``text`` (lower case, decoded), the context ``positions`` of
+    all its pieces, and the 0-based ``chunk`` they are in."""
+
+    text: str
+    positions: tuple[int, ...]
+    chunk: int
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP's (GPT-2's) byte <-> printable character table: token strings spell non-ASCII bytes with these
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def _decode(pieces: str) -> str:
+    if pieces.isascii():
+        return pieces
+    data = bytes(_UNICODE_TO_BYTE.get(c, ord("?")) for c in pieces)
+    return data.decode("utf-8", errors="replace")
+
+
+def is_special(token: str) -> bool:
+    return token in (SOT, EOT)
+
+
+def context_words(tokens: Sequence[str], chunk: int = CHUNK) -> list[Word]:
+    """The words of a context, in order. Special tokens, and everything after a chunk's ``<|endoftext|>``
+    (padding, whatever token the model pads with), belong to no word; a word never spans two chunks (pieces
+    cut by a chunk boundary make two words)."""
+    words: list[Word] = []
+    text, positions = "", []
+
+    def close(at_chunk: int) -> None:
+        nonlocal text, positions
+        if positions:
+            words.append(Word(_decode(text).lower(), tuple(positions), at_chunk))
+        text, positions = "", []
+
+    padding = False
+    for i, token in enumerate(tokens):
+        c = i // chunk
+        if i % chunk == 0:
+            close(c - 1)
+            padding = False
+        if padding or is_special(token):
+            close(c)
+            padding = padding or token == EOT
+            continue
+        ends = token.endswith(END_OF_WORD)
+        text += token[: -len(END_OF_WORD)] if ends else token
+        positions.append(i)
+        if ends:
+            close(c)
+    close((len(tokens) - 1) // chunk)
+    return words
+
+
+def _find(words: Sequence[Word], phrase: tuple[str, ...]) -> list[int]:
+    n = len(phrase)
+    return [i for i in range(len(words) - n + 1)
+            if all(words[i + k].chunk == words[i].chunk and words[i + k].text == phrase[k] for k in range(n))]
+
+
+def token_weights(entries: Sequence[WeightEntry], tokens: Sequence[str], *, chunk: int = CHUNK
+                  ) -> tuple[torch.Tensor, list[str]]:
+    """Multiplier per context position ``(T,)`` float32 (1 where nothing matched) and the phrases that match
+    no token (for the warning).
+
+    A phrase matches, ignoring case, every run of consecutive words of one chunk equal to its words (so a
+    word given twice in the prompt is weighted at both places) and covers all tokens of those words, BPE
+    pieces included. Overlaps: the phrase with more words wins its tokens (``red shirt: 1.2`` beats ``red:
+    2`` on "red shirt", ``red`` still counts elsewhere); between phrases of equal length the first entry
+    wins. An entry found in the prompt is not reported even if longer phrases took all its tokens.
+    """
+    out = torch.ones(len(tokens), dtype=torch.float32)
+    words = context_words(tokens, chunk)
+    taken: set[int] = set()
+    found: set[int] = set()
+    order = sorted(range(len(entries)), key=lambda k: (-len(entries[k].words), k))
+    for k in order:
+        phrase = entries[k].words
+        for start in _find(words, phrase):
+            found.add(k)
+            for word in words[start: start + len(phrase)]:
+                for pos in word.positions:
+                    if pos not in taken:
+                        taken.add(pos)
+                        out[pos] = entries[k].weight
+    return out, [e.phrase for k, e in enumerate(entries) if k not in found]
