@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from . import testbed
 from .capture import CHUNK_TOKENS, Cond
 from .guidance import ScfgRun
+from .render import BG, INK, MUTED, PALETTE, colormap, font
 from .settings import Settings
 
 # A1111 modules/sd_vae_approx.py cheap_approximation (the "Approx cheap" live preview), SD1 latents
@@ -58,20 +59,10 @@ HEADER_H = 62
 TITLE_H = 42
 INFO_H = 150  # fits 11 legend entries in two columns plus the foreground line
 FOOTER_H = 46
-BG = (250, 250, 248)
-INK = (30, 30, 30)
-MUTED = (105, 105, 105)
 
 SOT_COLOUR = (80, 80, 80)
 PAD_COLOUR = (205, 205, 198)
-WORD_COLOURS = [  # matplotlib tab10 without its grey
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207),
-]
-VIRIDIS = [
-    (68, 1, 84), (72, 36, 117), (65, 68, 135), (53, 95, 141), (42, 120, 142), (33, 145, 140),
-    (34, 168, 132), (68, 191, 112), (122, 209, 81), (189, 223, 38), (253, 231, 37),
-]
+WORD_COLOURS = PALETTE[:9]  # matplotlib tab10 without its grey
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -192,13 +183,6 @@ def run_demo(args: argparse.Namespace, progress: bool = True) -> DemoResult:
 # drawing (Pillow only)
 
 
-def font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType
-    except (TypeError, ValueError, OSError, ImportError):
-        return ImageFont.load_default()
-
-
 def latents_to_rgb(latents: Sequence[torch.Tensor]) -> list[Image.Image]:
     """A1111's "Approx cheap" 4->3 linear map, then one shared linear scale (1st..99th percentile -> 0..255)
     for all given latents, so they can be compared pixel for pixel."""
@@ -211,15 +195,6 @@ def latents_to_rgb(latents: Sequence[torch.Tensor]) -> list[Image.Image]:
         img = ((r - lo) * scale).clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
         out.append(Image.fromarray(img.numpy(), "RGB"))
     return out
-
-
-def colormap(values: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Viridis (piecewise linear over 11 anchors) of ``values`` scaled from [lo, hi]; uint8 ``(..., 3)``."""
-    anchors = torch.tensor(VIRIDIS, dtype=torch.float32)
-    pos = ((values.float() - lo) / max(hi - lo, 1e-12)).clamp(0, 1) * (len(VIRIDIS) - 1)
-    i0 = pos.floor().long().clamp(max=len(VIRIDIS) - 2)
-    frac = (pos - i0)[..., None]
-    return (anchors[i0] * (1 - frac) + anchors[i0 + 1] * frac).round().to(torch.uint8)
 
 
 def panel_side(latent_side: int) -> int:
