@@ -35,7 +35,7 @@ from . import masks as M
 
 CHUNK_TOKENS = 77  # CLIP context chunk: A1111/Forge concatenate 77-token chunks, each with its own SOT
 MIN_BUDGET_BYTES = 64 * 2**20  # memory budget floor for the stash and its processing
-BUDGET_FRACTION = 0.10  # default budget: this fraction of the U-Net's parameter bytes (or the floor)
+BUDGET_FRACTION = 0.04  # default budget: this fraction of the U-Net's parameter bytes (or the floor)
 _SLOTS = 4  # attn1.to_q, attn1.to_k, attn2.to_q, attn2.to_k
 
 
@@ -120,6 +120,14 @@ def _token_and_pair(tokens: int, device: torch.device) -> torch.Tensor:
     return torch.cat([eye, M.pair_weights(tokens, M.chunk_starts(tokens, CHUNK_TOKENS), device)])
 
 
+@functools.lru_cache(maxsize=32)
+def _heads_to_maps(tokens: int, heads: int, batch: int, device: torch.device) -> torch.Tensor:
+    """``(batch, T + 2, heads * T)``: ``_token_and_pair`` divided by the head count and repeated for every head,
+    so that one product with the per-head maps ``(batch, heads * T, n)`` averages the heads (cached,
+    expanded)."""
+    return (_token_and_pair(tokens, device) / heads).repeat(1, heads).expand(batch, tokens + 2, heads * tokens)
+
+
 def _version(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version  # inference tensors have no version counter
 
@@ -134,20 +142,21 @@ class _Group:
         self.hw, self.scale1, self.scale2, self.stash_bytes = hw, scale1, scale2, stash_bytes
         self.factor = factor
 
-    def work_bytes(self) -> tuple[int, int]:
-        """Per layer, float32: (the head-split copy + everything after the self scores, one layer-row's self
-        scores for all heads)."""
+    def work_bytes(self) -> tuple[int, int, int]:
+        """Float32 bytes per layer: (the head-split copy + the head-averaged self map, the cross scores and
+        maps after them, one layer-row's self scores for all heads)."""
         r, n, t, c, h = self.rows, self.n, self.tokens, self.channels, self.heads
-        copy = r * (3 * n + t) * c * 4
-        maps = r * (n * n + h * t * n + t * n + 3 * (t + 2) * n) * 4
-        return copy + maps, h * n * n * 4
+        held = r * ((3 * n + t) * c + n * n) * 4
+        cross = r * (h * t * n + 3 * (t + 2) * n) * 4
+        return held, cross, h * n * n * 4
 
     def cost(self, layers: int) -> int:
-        """Peak bytes of processing ``layers`` stashed layers (the stash itself included)."""
-        work, scores_row = self.work_bytes()
+        """Peak bytes of processing ``layers`` stashed layers (the stash itself included): the stash and its
+        ``cat``; the ``cat`` and the head-split copy; the self scores (one layer-row at least); the cross maps."""
+        held, cross, scores_row = self.work_bytes()
         stash = layers * self.stash_bytes
         copy = self.rows * (3 * self.n + self.tokens) * self.channels * 4 * layers
-        return max(2 * stash, stash + copy, layers * work + scores_row)
+        return max(2 * stash, stash + copy, layers * held + scores_row, layers * (held + cross))
 
 
 class AttentionCapture:
@@ -402,8 +411,8 @@ class AttentionCapture:
         zero = _zero(z.device)
 
         # self-attention, transposed: st[j, i] = mean over heads of softmax_j(q_i . k_j * scale)
-        work, scores_row = g.work_bytes()
-        units = max(1, (self.budget - big_l * work) // scores_row)  # layer-rows whose scores fit at once
+        held, _, scores_row = g.work_bytes()
+        units = max(1, (self.budget - big_l * held) // scores_row)  # layer-rows whose scores fit at once
         if units >= big_l * r:
             s = torch.baddbmm(zero, k1, q1t, beta=0, alpha=g.scale1)
             torch.ops.aten._softmax.out(s, 1, False, out=s)
@@ -424,15 +433,16 @@ class AttentionCapture:
         # cross-attention, transposed: cm[t, i] = mean over heads of softmax_t(q_i . k_t * scale)
         pc = torch.baddbmm(zero, k2, q2t, beta=0, alpha=g.scale2)
         torch.ops.aten._softmax.out(pc, 1, False, out=pc)
-        cm = pc.view(big_l * r, heads, t, n).mean(1)
-        del pc, z, q1t, k1, q2t, k2
+        del z, q1t, k1, q2t, k2
         if self.observer is not None:
+            cm = pc.view(big_l * r, heads, t, n).mean(1)
             roles = [call.roles[i] for i in rows]
             for li, layer in enumerate(layers):
                 sl = slice(li * r, (li + 1) * r)
                 self.observer(layer, roles, st[sl].transpose(1, 2), cm[sl].transpose(1, 2))
-        ct = torch.bmm(_token_and_pair(t, cm.device).expand(big_l * r, t + 2, t), cm)  # (L R, T + 2, n)
-        del cm
+        # the mean over heads, the token maps and their [background, rest] sums in one product: (L R, T + 2, n)
+        ct = torch.bmm(_heads_to_maps(t, heads, big_l * r, pc.device), pc.view(big_l * r, heads * t, n))
+        del pc
         return _refine_transposed(st, ct, self.refine)
 
     # -- results ------------------------------------------------------------------------------------------

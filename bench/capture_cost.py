@@ -1,0 +1,300 @@
+"""What S-CFG's attention capture adds to one U-Net call: tensor operations, FLOPs, peak tensor memory, CPU time.
+
+Models (random weights, ``scfg_ext.testbed``): ``sd15`` = the real ldm ``UNetModel`` with SD1.5's config
+(6 captured blocks); ``sdxl`` = ldm's classes in SDXL base's U-Net structure (``testbed.build_sdxl_unet``:
+60 captured latent/4 blocks). The attention forward is replaced by a ``scaled_dot_product_attention`` one, as
+A1111's "sdp" optimisation installs it. One U-Net call with the rows of ``--batches`` images: cond rows then
+uncond rows (batch 1 = 2 rows), roles ``Cond(i)``/``Uncond(i)``.
+
+Per model, size and batch, plain call vs S-CFG call (``capture.plan_step(roles)`` + the same call with the
+hooks attached, after one warm-up call; ``masks()``, once per step, is counted separately):
+
+* ops: aten operations dispatched (a ``TorchDispatchMode`` counter): machine-independent;
+* FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention): machine-independent;
+* peak memory: bytes of live tensor storage, tracked at every aten operation by a ``TorchDispatchMode`` (each
+  new storage counted until it is freed), plus the weights and inputs; tensors a kernel allocates internally
+  and frees before returning are not seen (the same for both). The ratio is of the whole peak (weights
+  included), as ``torch.cuda.max_memory_allocated`` would give it; ``extra`` is the difference;
+* CPU time (``--device cpu``; not on ``meta``): single calls, plain and S-CFG interleaved (ABBA), median of
+  ``--repeats``; the S-CFG time includes ``plan_step`` and ``masks()``.
+
+``--device meta`` runs everything but the timing without computing anything (shapes only): fast, and what makes
+SDXL at 1024² possible on a small machine. The sdp forward then calls the CPU flash-attention kernel that
+``scaled_dot_product_attention`` picks on a CPU, so the operations are the same as on a CPU.
+
+``--pkg-root DIR`` imports ``scfg_ext`` from DIR (to measure another version of the capture; DIR needs a
+``testbed.py`` with ``build_sdxl_unet``). No assertions: it reports and exits 0.
+
+    python bench/capture_cost.py                                  # sd15 512², sdxl 1024², batch 1 and 4, meta
+    python bench/capture_cost.py --models sd15 --device cpu --repeats 7 --batches 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+import weakref
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MiB = 2**20
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=["sd15", "sdxl"])
+    p.add_argument("--sizes", nargs="+", type=int, default=None,
+                   help="image sizes in pixels (default: 512 for sd15, 1024 for sdxl)")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 4], help="images per call (2 U-Net rows each)")
+    p.add_argument("--device", default="meta", help="meta (counts only), cpu or cuda")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="weights; half types run under autocast as A1111 does")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (cpu/cuda)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--small", action="store_true", help="the small-channel variants (smoke runs)")
+    p.add_argument("--refine", default="official", choices=["official", "paper", "none"])
+    p.add_argument("--foreground", default="cond", choices=["cond", "uncond"])
+    p.add_argument("--budget-mib", type=float, default=None, help="capture memory budget (default: the capture's)")
+    p.add_argument("--pkg-root", default=str(REPO_ROOT), help="directory holding the scfg_ext package to measure")
+    p.add_argument("--json", default="", help="also write the results to this JSON file")
+    return p.parse_args(argv)
+
+
+ARGS = parse_args()
+sys.path.insert(0, str(Path(ARGS.pkg_root).resolve()))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from scfg_ext import testbed  # noqa: E402
+from scfg_ext.capture import AttentionCapture, Cond, Uncond  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def autocast_off_on_meta() -> None:
+    """``torch.autocast`` refuses the meta device; the capture turns autocast off around its math, so on meta
+    that becomes a no-op (for every version of the package measured)."""
+    original = torch.autocast
+
+    def autocast(device_type, *args, **kwargs):
+        if device_type == "meta":
+            return contextlib.nullcontext()
+        return original(device_type, *args, **kwargs)
+
+    torch.autocast = autocast
+
+
+def use_sdp_attention() -> None:
+    """ldm ``CrossAttention.forward`` -> a scaled_dot_product_attention one (A1111's "sdp")."""
+    from ldm.modules import attention
+
+    def forward(self, x, context=None, mask=None, **kwargs):
+        h = self.heads
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        b, n, inner = q.shape
+        q, k, v = (t.reshape(b, t.shape[1], h, inner // h).transpose(1, 2) for t in (q, k, v))
+        if q.device.type == "meta":  # what scaled_dot_product_attention dispatches to on a CPU
+            out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v.to(q.dtype))[0]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v.to(q.dtype))
+        return self.to_out(out.transpose(1, 2).reshape(b, n, inner).to(q.dtype))
+
+    attention.CrossAttention.forward = forward
+
+
+class OpCount(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage created inside the mode and still alive, checked after every operation."""
+
+    def __init__(self, existing=()):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: dict[int, int] = {}
+        # storages that exist before (weights, inputs): views of them (a weight's transpose) are not new memory
+        self.keep = [t.untyped_storage() for t in existing]
+        self.seen.update({id(st): 0 for st in self.keep})
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.seen.pop(key, None)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                key = id(st)
+                if key not in self.seen:
+                    nbytes = st.nbytes()
+                    self.seen[key] = nbytes
+                    self.live += nbytes
+                    weakref.finalize(st, self._free, key, nbytes)
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Case:
+    def __init__(self, model: str, args: argparse.Namespace):
+        self.model, self.args = model, args
+        self.device = torch.device(args.device)
+        self.dtype = DTYPES[args.dtype]
+        if model == "sd15":
+            config = testbed.small_config(testbed.SD15_UNET) if args.small else testbed.SD15_UNET
+            self.unet = testbed.build_unet(config, dtype=self.dtype, device=self.device)
+        else:
+            config = testbed.SDXL_SMALL if args.small else testbed.SDXL_UNET
+            depths = (0, 1, 3) if args.small else testbed.SDXL_DEPTHS
+            self.unet = testbed.build_sdxl_unet(config, depths=depths, dtype=self.dtype, device=self.device)
+        self.context_dim = config["context_dim"]
+        self.weight_bytes = tensor_bytes(self.unet.parameters())
+
+    def autocast(self):
+        if self.dtype == torch.float32 or self.device.type == "meta":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def measure(self, size: int, batch: int) -> dict:
+        a = self.args
+        g = torch.Generator().manual_seed(size + batch)
+        lat = size // 8
+        x = torch.randn(2 * batch, 4, lat, lat, generator=g).to(self.device)
+        t = torch.full((2 * batch,), 500.0).to(self.device)
+        ctx = torch.randn(2 * batch, 77, self.context_dim, generator=g).to(self.device, self.dtype)
+        roles = [Cond(i) for i in range(batch)] + [Uncond(i) for i in range(batch)]
+        kwargs = {"refine": a.refine, "foreground": a.foreground}
+        if a.budget_mib is not None:
+            kwargs["memory_budget"] = int(a.budget_mib * MiB)
+        capture = AttentionCapture(**kwargs)
+        chunks: list[int] = []
+        base = self.weight_bytes + tensor_bytes((x, t, ctx))
+        self.existing = [*self.unet.parameters(), *self.unet.buffers(), x, t, ctx]
+
+        def plain():
+            self.unet(x, t, context=ctx)
+
+        def scfg_call():
+            capture.plan_step(roles)
+            self.unet(x, t, context=ctx)
+
+        def masks():
+            if not capture.masks((lat, lat)):
+                raise RuntimeError(f"no S-CFG maps ({capture.error})")
+
+        out = {"model": self.model, "size": size, "batch": batch, "rows": 2 * batch,
+               "layers": None, "weights_mib": self.weight_bytes / MiB}
+        with torch.no_grad(), self.autocast():
+            counts = {}
+            for name, fn in (("plain", plain),):
+                counts[name] = self._counts(fn)
+            with capture.attach(self.unet):
+                out["layers"] = len(capture.layers)
+                out["budget_mib"] = getattr(capture, "budget", 0) / MiB
+                scfg_call()
+                masks()  # warm: constant tensors are made once per device
+                if hasattr(capture, "on_process"):
+                    capture.on_process = chunks.append
+                counts["scfg"] = self._counts(scfg_call)
+                chunks.clear()
+                scfg_call()
+                out["chunks"] = list(chunks)  # layers per processed chunk, one call
+                counts["masks"] = self._counts(masks)
+                counts["step"] = self._counts(lambda: (scfg_call(), masks()))
+                if self.device.type != "meta":
+                    out["time"] = self._time(plain, lambda: (scfg_call(), masks()), capture)
+        for k, v in counts.items():
+            out[k] = v
+        out["base_mib"] = base / MiB
+        return out
+
+    def _counts(self, fn) -> dict:
+        with OpCount() as c:
+            fn()
+        with FlopCounterMode(display=False) as f:
+            fn()
+        with LiveBytes(self.existing) as m:
+            fn()
+        return {"ops": c.n, "flops": f.get_total_flops(), "peak_new": m.peak}
+
+    def _time(self, plain, scfg, capture) -> dict:
+        times = {"plain": [], "scfg": []}
+        for r in range(self.args.repeats + 1):
+            for mode in (("plain", "scfg") if r % 2 == 0 else ("scfg", "plain")):
+                self.sync()
+                t0 = time.perf_counter()
+                (plain if mode == "plain" else scfg)()
+                self.sync()
+                if r > 0:  # round 0 is a warm-up
+                    times[mode].append(time.perf_counter() - t0)
+        return times
+
+
+def report(r: dict) -> str:
+    base = r["base_mib"] * MiB
+    p, s, m, st = r["plain"], r["scfg"], r["masks"], r["step"]
+    pk_p, pk_s = base + p["peak_new"], base + st["peak_new"]
+    line = (f"{r['model']:>5} {r['size']:>5}² b{r['batch']} {r['layers']:>3} layers"
+            f" | ops {p['ops']:>6} -> {s['ops']:>6} (+{s['ops'] - p['ops']:>5}; masks() +{m['ops']})"
+            f" | FLOPs {p['flops'] / 1e12:8.3f}T x{st['flops'] / p['flops']:.4f}"
+            f" | peak {pk_p / MiB:9.1f} -> {pk_s / MiB:9.1f} MiB x{pk_s / pk_p:.4f} (+{(pk_s - pk_p) / MiB:.1f})")
+    if "time" in r:
+        tp, ts = statistics.median(r["time"]["plain"]), statistics.median(r["time"]["scfg"])
+        line += f" | time {tp * 1e3:.0f} -> {ts * 1e3:.0f} ms x{ts / tp:.3f}"
+    if r.get("chunks") is not None:
+        line += f" | budget {r.get('budget_mib', 0):.0f} MiB, chunks {r['chunks']}"
+    return line
+
+
+def main() -> int:
+    a = ARGS
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    use_sdp_attention()
+    if a.device == "meta":
+        autocast_off_on_meta()
+    print(f"torch {torch.__version__}; device {a.device}; {a.dtype}; sdp attention; refine {a.refine}; "
+          f"foreground {a.foreground}; scfg_ext from {Path(a.pkg_root).resolve()}", flush=True)
+    results = []
+    for model in a.models:
+        case = Case(model, a)
+        sizes = a.sizes or [512 if model == "sd15" else 1024]
+        for size in sizes:
+            for batch in a.batches:
+                r = case.measure(size, batch)
+                results.append(r)
+                print(report(r), flush=True)
+        del case
+    print("ops: aten ops per U-Net call (S-CFG: plan_step + call; masks() once per step, separately); FLOPs and "
+          "peak of the step (call + masks()); peak = weights + inputs + live tensor storage")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
