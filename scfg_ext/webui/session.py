@@ -197,14 +197,16 @@ def restore_attr(obj, name, value) -> None:
 
 def notice(p, message: str) -> None:
     """Tell the user why S-CFG stepped aside: the console, the comments under the image (``p.comment``) and
-    the infotext (``S-CFG notice``), which is also what an API user gets back in ``info``."""
+    the infotext (``S-CFG notice``), which is also what an API user gets back in ``info``. Once per
+    generation (Forge runs ``process_before_every_sampling`` twice for a hires pass)."""
+    params = getattr(p, "extra_generation_params", None)
+    earlier = params.get(infotext.NOTICE_KEY) if isinstance(params, dict) else None
+    if earlier is not None and message in earlier:
+        return
     log.warning(message)
     comment = getattr(p, "comment", None)
     if callable(comment):
         comment(message)
-    params = getattr(p, "extra_generation_params", None)
     if isinstance(params, dict):
-        earlier = params.get(infotext.NOTICE_KEY)
-        if earlier is None or message not in earlier:
-            text = message if earlier is None else f"{earlier}; {message}"
-            p.extra_generation_params = {**params, infotext.NOTICE_KEY: text}  # a copy: X/Y/Z cells share it
+        text = message if earlier is None else f"{earlier}; {message}"
+        p.extra_generation_params = {**params, infotext.NOTICE_KEY: text}  # a copy: X/Y/Z cells share it
