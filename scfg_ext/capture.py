@@ -274,12 +274,13 @@ class AttentionCapture:
 
     def _on_unet_done(self, module, args, output):
         call = self._call
-        if call is None or self.error:
-            return
-        try:
-            self._finish(call)
-        except Exception as e:  # noqa: BLE001 - a capture problem must never fail the user's image
-            self._fail(f"attention capture failed ({type(e).__name__}: {e})")
+        if call is not None and not self.error:
+            try:
+                self._finish(call)
+            except Exception as e:  # noqa: BLE001 - a capture problem must never fail the user's image
+                self._fail(f"attention capture failed ({type(e).__name__}: {e})")
+        self._call = None  # projections run outside a U-Net call are not this call's
+        self._drop()
 
     def _stash_hook(self, i: int, slot: int):
         def hook(module, args, output):
@@ -352,14 +353,14 @@ class AttentionCapture:
             # the last block of its level: process now rather than hold the stash through the rest of the U-Net
             # (its largest activations come after the latent/4 level)
             for k in [k for k in self._pending if self._groups[k].factor == layer.factor]:
-                self._process(k)
+                self._process(k, call)
         elif self._groups[key].cost(len(queue) + 1) > self.budget:
-            self._process(key)
+            self._process(key, call)
 
     def _finish(self, call: _CallMaps) -> None:
         """End of a U-Net call: process what is left, then fold every layer's maps into the call's sums."""
         for key in list(self._pending):
-            self._process(key)
+            self._process(key, call)
             if self.error:
                 return
         if call.layers != len(self.layers):
@@ -369,10 +370,9 @@ class AttentionCapture:
         call.fold(M.grid_size(self._latent))
 
     @torch.no_grad()
-    def _process(self, key: tuple) -> None:
+    def _process(self, key: tuple, call: _CallMaps) -> None:
         queue = self._pending.pop(key)
         group = self._groups[key]
-        call = self._call
         for i, tensors, versions in queue:
             if [_version(t) for t in tensors] != versions:
                 self._fail(f"the attention projections of {self.layers[i].name} were modified in place")
@@ -450,6 +450,8 @@ class AttentionCapture:
         """``{Cond(i, j): (regions (1, T, H, W), foreground (1, 1, H, W))}`` for every cond row captured in
         full this step. The foreground comes from the image's uncond row when so configured, else (or when
         that row is missing this step) from the cond row itself. Empty if the step's maps are unusable."""
+        if self._call is not None:  # the U-Net's forward hook did not run (a wrapper called forward directly)
+            self._on_unet_done(None, None, None)
         if self.error or self._latent is None:
             return {}
         size = tuple(latent_size) if latent_size is not None else self._latent
