@@ -11,6 +11,9 @@
     "scfg_start": "Fraction of the sampling schedule where S-CFG starts (earlier steps use plain CFG).",
     "scfg_end": "Fraction of the sampling schedule where S-CFG ends (later steps use plain CFG).",
     "scfg_hires": "Also use S-CFG on the hires. fix second pass.",
+    "scfg_word_weights": "Multiply the guidance of words of the prompt, e.g. 'horse: 1.3, sky: 0.7, red shirt: 1.2' (0 = plain CFG there).",
+    "scfg_show_maps": "Add a picture per image to the gallery: the token regions over the image and the rate map.",
+    "scfg_maps_step": "Which step the maps show: the middle, first or last step S-CFG guided, or the average over them.",
   };
 
   function scfgApplyHints() {

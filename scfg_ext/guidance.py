@@ -36,6 +36,71 @@ def plain_cfg(uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> torch.
 
 
 @dataclass
+class KeptMaps:
+    """The maps of one cond row at the step the user picked, small: the owner token of every latent cell
+    ``(H, W)`` int64 and the rate ``(H, W)`` float16, on the CPU."""
+
+    owner: torch.Tensor
+    rate: torch.Tensor
+    tokens: int  # T: the context length (regions = one_hot(owner, T))
+
+    def regions(self) -> torch.Tensor:
+        """One-hot token regions ``(T, H, W)`` float32."""
+        return torch.nn.functional.one_hot(self.owner, self.tokens).permute(2, 0, 1).float()
+
+
+class MapKeeper:
+    """Keeps, per cond row, the maps of one step of a pass: ``"first"``/``"last"`` step S-CFG guided,
+    ``"middle"`` (the first guided step at or after the middle of the active range, else the last one before
+    it) or ``"average"`` (the most frequent owner per cell and the mean rate over the guided steps). One step's
+    maps are held (on the device, until ``result``), or the running sums for the average."""
+
+    def __init__(self, mode: str, middle: float):
+        self.mode, self.middle = mode, middle
+        self._held: dict[Cond, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._sums: dict[Cond, list] = {}
+        self._locked = False
+
+    def add(self, progress: float, regions: Mapping[Cond, torch.Tensor], rates: Mapping[Cond, torch.Tensor]) -> None:
+        """One guided step: ``regions[key]`` ``(T, H, W)`` one-hot, ``rates[key]`` ``(1, H, W)``."""
+        if self.mode == "average":
+            for key, rate in rates.items():
+                count = regions[key].float()
+                entry = self._sums.get(key)
+                if entry is None or entry[0].shape != count.shape:
+                    self._sums[key] = [count, rate[0].float(), 1]
+                else:
+                    entry[0] += count
+                    entry[1] += rate[0].float()
+                    entry[2] += 1
+            return
+        if self._locked or (self.mode == "first" and self._held):
+            return
+        self._held = {key: (regions[key].argmax(0), rate[0].half(), regions[key].shape[0])
+                      for key, rate in rates.items()}
+        if self.mode == "middle" and progress >= self.middle:
+            self._locked = True
+
+    def result(self) -> dict[Cond, KeptMaps]:
+        if self.mode == "average":
+            return {key: KeptMaps(counts.argmax(0).cpu(), (total / n).half().cpu(), counts.shape[0])
+                    for key, (counts, total, n) in self._sums.items()}
+        return {key: KeptMaps(owner.cpu(), rate.cpu(), t) for key, (owner, rate, t) in self._held.items()}
+
+
+def fit_weights(weights: torch.Tensor, tokens: int, repeat: bool = False) -> torch.Tensor:
+    """Per-position weights ``(n,)`` of a prompt made to the context length ``tokens`` seen at the U-Net:
+    padded with 1 (A1111 pads a shorter cond with its padding vector) or, with ``repeat``, tiled (Forge
+    repeats a shorter cond to the common multiple of the lengths); cut when longer."""
+    n = weights.shape[0]
+    if n >= tokens:
+        return weights[:tokens]
+    if repeat and n and tokens % n == 0:
+        return weights.repeat(tokens // n)
+    return torch.cat([weights, weights.new_ones(tokens - n)])
+
+
+@dataclass
 class StepMaps:
     """What S-CFG used at one step, for display (regions, foreground and rate per cond row)."""
 
@@ -53,8 +118,18 @@ class ScfgRun:
     of one step in several U-Net calls). ``warn`` receives each distinct problem once (default: the log).
     """
 
-    def __init__(self, settings: Settings, warn: Callable[[str], None] | None = None, keep_maps: bool = False):
+    def __init__(self, settings: Settings, warn: Callable[[str], None] | None = None, keep_maps: bool = False,
+                 token_weights: Mapping[Cond, torch.Tensor] | None = None, repeat_weights: bool = False,
+                 keeper: MapKeeper | None = None):
+        """``token_weights``: per cond row, a multiplier per prompt token (``weights.token_weights``), fitted to
+        each step's context length by ``fit_weights(repeat=repeat_weights)``. ``keeper``: keeps the maps of
+        the step it picks (the WebUI's gallery); ``keep_maps``: every step's full maps in ``last_maps``."""
         self.settings = settings
+        self.token_weights = dict(token_weights or {})
+        self.repeat_weights = repeat_weights
+        self._fitted: dict[tuple[Cond, int], torch.Tensor] = {}  # token weights fitted and on the device
+        self.keeper = keeper
+        self.progress = 0.0
         self.capture = AttentionCapture(settings.refine, settings.foreground)
         self._warn = warn or log.warning
         self._warned: set[str] = set()
@@ -79,6 +154,7 @@ class ScfgRun:
     def begin_step(self, roles: Sequence[Role | None], progress: float) -> bool:
         """Declare the rows of the coming U-Net calls; capture runs only inside the active range."""
         self.active = self.settings.active_at(progress) and self.capture.attached
+        self.progress = progress
         self.capture.plan_step(roles if self.active else [])
         self.steps_seen += 1
         self._applied_this_step = False
@@ -101,15 +177,24 @@ class ScfgRun:
         s = self.settings
         out: dict[Cond, torch.Tensor] = {}
         kept = StepMaps({}, {}, {}) if self.keep_maps else None
+        used_regions = {}
         for key, cond in conds.items():
             found = maps.get(key)
             if found is None:
                 continue
             regions, foreground = found
             delta = (cond - uncond[key.image])[None]
+            weights = self.token_weights.get(key)
+            if weights is not None:
+                fitted = self._fitted.get((key, regions.shape[1]))
+                if fitted is None:
+                    fitted = fit_weights(weights, regions.shape[1], self.repeat_weights).to(regions.device)
+                    self._fitted[(key, regions.shape[1])] = fitted
+                weights = fitted
             rate = guidance_rate(delta, regions, foreground, cfg_scale, min_rate=s.min_rate,
-                                 max_rate=s.max_rate, max_scale=s.max_scale)[0]
+                                 max_rate=s.max_rate, max_scale=s.max_scale, token_weights=weights)[0]
             out[key] = rate
+            used_regions[key] = regions[0]
             if kept is not None:
                 kept.regions[key], kept.foreground[key], kept.rate[key] = regions[0], foreground[0], rate
         if out and not all(torch.isfinite(rate).all() for rate in out.values()):
@@ -122,6 +207,8 @@ class ScfgRun:
                 self._applied_this_step = True
             if kept is not None:
                 self.last_maps = kept
+            if self.keeper is not None:
+                self.keeper.add(self.progress, used_regions, out)
         return out
 
     def combine(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> torch.Tensor:

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .masks import REFINE_MODES
+from .weights import WeightsError, format_weights, parse_weights
 
 FOREGROUND_SOURCES = ("cond", "uncond")
+MAPS_STEPS = ("middle", "first", "last", "average")  # which step's maps "Show S-CFG maps" draws
 
 
 class SettingsError(ValueError):
@@ -26,7 +28,7 @@ class SettingsError(ValueError):
 class Field:
     name: str  # attribute, API dict key
     label: str  # UI label, API script-info label
-    kind: type  # bool, float or str
+    kind: type  # bool, float or str (a choice when ``choices``, else free text read by ``parse``)
     default: Any
     infotext: str  # infotext (PNG info) key
     hint: str  # tooltip
@@ -34,10 +36,17 @@ class Field:
     maximum: float | None = None
     step: float | None = None
     choices: tuple[str, ...] = ()
+    parse: Any = None  # free text: text -> canonical text, raises ValueError with what is wrong
+
+    @property
+    def free_text(self) -> bool:
+        return self.kind is str and not self.choices
 
     def describe(self) -> str:
         if self.kind is bool:
             return "true or false"
+        if self.free_text:
+            return "text"
         if self.kind is str:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         return f"a number from {self.minimum:g} to {self.maximum:g}"
@@ -49,6 +58,13 @@ class Field:
             if not isinstance(value, bool):
                 raise bad
             return value
+        if self.free_text:
+            if not isinstance(value, str):
+                raise bad
+            try:
+                return self.parse(value) if self.parse else value
+            except ValueError as e:
+                raise SettingsError(f"S-CFG setting '{self.name}': {e}") from None
         if self.kind is str:
             if not isinstance(value, str) or value not in self.choices:
                 raise bad
@@ -80,10 +96,18 @@ class Field:
         return self.check(number)
 
     def to_text(self, value: Any) -> str:
-        """Infotext form: no commas, colons or quotes, so it survives the WebUI's infotext parser."""
+        """Infotext form. Free text may hold commas and colons: the WebUI quotes such values in the infotext
+        (``infotext_utils.quote``) and unquotes them on paste; every other value has none."""
         if self.kind is float:
             return f"{value:g}"
         return str(value)
+
+
+def _canonical_weights(text: str) -> str:
+    try:
+        return format_weights(parse_weights(text))
+    except WeightsError as e:
+        raise ValueError(str(e).removeprefix("S-CFG word weights: ")) from None
 
 
 FIELDS: tuple[Field, ...] = (
@@ -107,6 +131,14 @@ FIELDS: tuple[Field, ...] = (
           "Fraction of the sampling schedule where S-CFG ends (later steps use plain CFG).", 0.0, 1.0, 0.01),
     Field("hires", "Apply on hires. fix pass", bool, True, "S-CFG hires",
           "Also use S-CFG on the hires. fix second pass."),
+    Field("word_weights", "Word weights", str, "", "S-CFG word weights",
+          "Multiply the guidance of words of the prompt, e.g. 'horse: 1.3, sky: 0.7, red shirt: 1.2' "
+          "(0 = plain CFG there).", parse=_canonical_weights),
+    Field("show_maps", "Show S-CFG maps", bool, False, "S-CFG maps",
+          "Add a picture per image to the gallery: the token regions over the image and the rate map."),
+    Field("maps_step", "Maps at", str, "middle", "S-CFG maps at",
+          "Which step the maps show: the middle, first or last step S-CFG guided, or the average over them.",
+          choices=MAPS_STEPS),
 )
 FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 

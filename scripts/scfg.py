@@ -44,7 +44,7 @@ class ScfgScript(host.scripts.Script):
         SESSION.before_sampling(p)
 
     def postprocess(self, p, processed, *args):
-        SESSION.finish()
+        SESSION.postprocess(p, processed)
 
 
 def _register(on, callback, name):

@@ -93,6 +93,7 @@ def forge_model(unet):
 
     install_patch_dispatch(unet)
     model = H.sd_model(unet)
+    model.text_processing_engine = model.cond_stage_model  # stands in for ClassicTextProcessingEngine (same interface)
     model.forge_objects_after_applying_lora = ForgeObjects(UnetPatcher(KModel(testbed.k_denoiser(unet))))
     model.forge_objects = model.forge_objects_after_applying_lora.shallow_copy()
     return model
@@ -129,4 +130,4 @@ def forge_webui(extra_scripts=()):
 def generate(*args, **kwargs):
     """``webui_harness.generate`` under inference mode, as Forge's ``process_images_inner`` runs."""
     with torch.inference_mode():
-        return H.generate(*args, **kwargs)
+        return H.generate(*args, forge=True, **kwargs)

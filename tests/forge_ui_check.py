@@ -81,9 +81,12 @@ def test_components_follow_fields(tab):
     assert [c.value for c in components] == [f.default for f in FIELDS]
     for c, f in zip(components, FIELDS, strict=True):
         assert type(c.value) is f.kind, f.name  # Forge's paste/API convert with type(component.value)
-        assert c.get_block_name() == {bool: "checkbox", float: "slider", str: "dropdown"}[f.kind], f.name
+        block = "textbox" if f.free_text else {bool: "checkbox", float: "slider", str: "dropdown"}[f.kind]
+        assert c.get_block_name() == block, f.name
         if f.kind is float:
             assert (c.minimum, c.maximum, c.step) == (f.minimum, f.maximum, f.step), f.name
+        elif f.free_text:
+            assert c.lines == 1 and c.placeholder, f.name
         elif f.kind is str:
             assert [value for _, value in c.choices] == list(f.choices), f.name  # gradio 4: (name, value) pairs
         if f.name != "enabled":
@@ -104,7 +107,8 @@ def test_infotext_paste_keys_line_up():
     assert [c for c, _ in infotext_fields] == components
     assert [str(key) for _, key in infotext_fields] == paste_field_names == [f.infotext for f in FIELDS]
     custom = Settings(enabled=True, min_rate=0.5, max_rate=2.5, max_scale=12.5, refine="paper",
-                      foreground="uncond", start=0.1, end=0.85, hires=False)
+                      foreground="uncond", start=0.1, end=0.85, hires=False, word_weights="horse: 1.3, red shirt: 0",
+                      show_maps=True, maps_step="average")
     params = dict(infotext.write(custom))
     assert infotext.fill_pasted(params) == []
     pasted = []

@@ -275,10 +275,10 @@ def test_enabled_differs_is_finite_and_writes_infotext(webui, txt2img, model, re
     assert [c.guided for c in rates] == [{Cond(0)}] * STEPS
     assert all(probe.installed(c) for c in probe.calls) and len(probe.calls) == STEPS
     assert_uninstalled(webui, small_unet, probe.calls[0].denoiser, probe.calls[0].sampler)
-    assert {k: p.extra_generation_params[k] for k in infotext.KEYS} == {
+    assert {k: v for k, v in p.extra_generation_params.items() if k in infotext.KEYS} == {
         "S-CFG": "True", "S-CFG min rate": "0.8", "S-CFG max rate": "3", "S-CFG max scale": "15",
         "S-CFG refine": "official", "S-CFG foreground": "cond", "S-CFG start": "0", "S-CFG end": "1",
-        "S-CFG hires": "True"}
+        "S-CFG hires": "True", "S-CFG maps": "False", "S-CFG maps at": "middle"}  # no word weights: no key
     text = infotext_of(webui, p)
     assert "S-CFG: True, S-CFG min rate: 0.8, S-CFG max rate: 3" in text
     assert not scfg_comments(p)
@@ -694,3 +694,151 @@ def test_webui_without_process_before_every_sampling(webui, txt2img, model, refe
     assert torch.equal(on_19, on_110)
     assert glue.current is None and glue.pending is None and hook_count(small_unet) == 0
     assert "S-CFG: True" in infotext_of(webui, p)
+
+
+# -- S-CFG maps and word weights ----------------------------------------------------------------------------------
+@pytest.fixture
+def pictures(monkeypatch):
+    """Every map picture drawn: its labels, title and maps (``maps.picture`` spied)."""
+    from scfg_ext.webui import maps
+
+    calls = []
+    original = maps.picture
+
+    def spy(base, kept, labels, title):
+        out = original(base, kept, labels, title)
+        calls.append(types.SimpleNamespace(base=base, kept=kept, labels=list(labels), title=title, image=out))
+        return out
+
+    monkeypatch.setattr(maps, "picture", spy)
+    return calls
+
+
+MAPS_TEXTS = ["a red horse in a meadow", "a horse AND a wonderfully blue sky"]
+
+
+def test_maps_follow_the_results_and_change_nothing_else(webui, txt2img, model, pictures):
+    """Batch of 2 (image 2 with two AND sub-prompts) with a hires pass: one picture per image, pass and
+    sub-prompt after the results, in image order; the samples, seeds and the results' infotexts are those of the
+    same generation without maps; every picture saved with the suffix; its infotext is its image's."""
+    import modules.images as images
+
+    prompts, uncond = [[(A, 1.0)], [(B, 0.7), (C, 0.5)]], [NEG, NEG2]
+    kw = dict(texts=MAPS_TEXTS, hires=(HR_SIZE, 2))
+    plain, p0 = run(webui, txt2img, model, prompts, uncond, **kw)
+    images.saved.clear()
+    on, p = run(webui, txt2img, model, prompts, uncond, args=scfg(txt2img, show_maps=True), **kw)
+    assert torch.equal(plain, on)
+    before, after = p0.harness_processed, p.harness_processed
+    assert len(after.images) == 2 + 6 and len(after.infotexts) == 8
+    for k in range(2):
+        assert list(after.images[k].getdata()) == list(before.images[k].getdata())
+        assert after.infotexts[k] == before.infotexts[k].replace("S-CFG maps: False", "S-CFG maps: True")
+    assert after.all_seeds == before.all_seeds == [0, 1] and after.index_of_first_image == 0
+    assert [c.title for c in pictures] == ["image 1, middle step", "image 1, hires, middle step",
+                                           "image 2, AND 1, middle step", "image 2, AND 2, middle step",
+                                           "image 2, hires, AND 1, middle step", "image 2, hires, AND 2, middle step"]
+    assert [c.image for c in pictures] == after.images[2:]
+    assert after.infotexts[2:] == [after.infotexts[0]] * 2 + [after.infotexts[1]] * 4
+    assert [c.kept.owner.shape for c in pictures] == [SIZE, HR_SIZE, SIZE, SIZE, HR_SIZE, HR_SIZE]
+    assert all(c.base is after.images[0] for c in pictures[:2]) and all(c.base is after.images[1] for c in pictures[2:])
+    # labels from the WebUI's tokenizer, per sub-prompt (the stand-in splits words over 8 letters in two pieces)
+    assert pictures[0].labels[:7] == ["start/padding", "a", "red", "horse", "in", "a", "meadow"]
+    assert pictures[3].labels[:6] == ["start/padding", "a", "wonderfully", "wonderfully", "blue", "sky"]
+    assert set(pictures[0].labels[7:]) == {"start/padding"} and len(pictures[0].labels) == 77
+    assert [s["suffix"] for s in images.saved] == ["-scfg-maps"] * 6
+    assert [s["seed"] for s in images.saved] == [0, 0, 1, 1, 1, 1]
+    assert p.extra_generation_params["S-CFG maps"] == "True"
+
+
+def test_maps_not_saved_without_the_save_setting_and_average_step(webui, txt2img, model, pictures):
+    import modules.images as images
+
+    webui.shared.opts.samples_save = False
+    images.saved.clear()
+    _, p = run(webui, txt2img, model, texts=["a horse"], args=scfg(txt2img, show_maps=True, maps_step="average"))
+    assert images.saved == [] and len(p.harness_processed.images) == 2
+    assert pictures[0].title == "image 1, average step"
+    rate = pictures[0].kept.rate.float()
+    assert rate.shape == SIZE and torch.isfinite(rate).all()
+
+
+def test_maps_over_img2img_inpaint_and_batch_count(webui, img2img, model, pictures):
+    init = torch.randn(1, 4, *SIZE, generator=torch.Generator().manual_seed(7))
+    mask = torch.zeros(1, 1, *SIZE)
+    mask[..., :8] = 1
+    _, p = run(webui, img2img, model, img2img=init, mask=mask, steps=4, n_iter=2, texts=["a horse", "a cat"],
+               args=scfg(img2img, show_maps=True, maps_step="last"))
+    processed = p.harness_processed
+    assert len(processed.images) == 4
+    assert [c.base for c in pictures] == processed.images[:2]
+    assert pictures[1].labels[:3] == ["start/padding", "a", "cat"]
+
+
+def test_maps_without_tokens_name_positions_and_never_fail(webui, txt2img, model, pictures, monkeypatch):
+    monkeypatch.setattr(type(webui.script_module.SESSION.backend), "text_engine", lambda self, p: None)
+    _, p = run(webui, txt2img, model, texts=["a horse"], args=scfg(txt2img, show_maps=True, word_weights="horse: 2"))
+    assert pictures[0].labels[:2] == ["token 0", "token 1"]
+    assert "could not read the prompt's tokens" in p.extra_generation_params[infotext.NOTICE_KEY]
+    assert len(p.harness_processed.images) == 2
+
+
+def test_maps_drawing_error_is_a_notice(webui, txt2img, model, monkeypatch):
+    from scfg_ext.webui import maps
+
+    monkeypatch.setattr(maps, "picture", lambda *a: 1 / 0)
+    _, p = run(webui, txt2img, model, args=scfg(txt2img, show_maps=True))
+    assert "could not draw its maps (ZeroDivisionError" in p.extra_generation_params[infotext.NOTICE_KEY]
+    assert len(p.harness_processed.images) == 1
+
+
+def test_word_weights_reach_the_rate_per_image_and_sub_prompt(webui, txt2img, model, rates, monkeypatch):
+    """The weights of every cond row come from its own sub-prompt's tokens; guidance_rate gets them fitted to
+    the context; an entry found nowhere is a notice; a weight 0 region is plain CFG."""
+    import scfg_ext.guidance as guidance
+
+    seen = []
+    original = guidance.guidance_rate
+
+    def spy(*args, token_weights=None, **kw):
+        seen.append(token_weights)
+        return original(*args, token_weights=token_weights, **kw)
+
+    monkeypatch.setattr(guidance, "guidance_rate", spy)
+    prompts, uncond = [[(A, 1.0)], [(B, 0.7), (C, 0.5)]], [NEG, NEG2]
+    plain, _ = run(webui, txt2img, model, prompts, uncond, texts=MAPS_TEXTS)
+    seen.clear()
+    weighted, p = run(webui, txt2img, model, prompts, uncond, texts=MAPS_TEXTS,
+                      args=scfg(txt2img, word_weights="horse: 0, blue sky: 2, zebra: 1.5"))
+    weights = rates[-1].run.token_weights
+    assert weights[Cond(0, 0)][3] == 0 and weights[Cond(1, 0)][2] == 0  # "horse" in image 1 and in "a horse"
+    assert weights[Cond(1, 1)][4:6].tolist() == [2.0, 2.0]  # "a wonderfully blue sky": blue sky
+    assert sum(float((w != 1).sum()) for w in weights.values()) == 4
+    assert len(seen) == 3 * STEPS and all(w is not None and w.shape == (77,) for w in seen)
+    assert differs(plain, weighted, 1e-6)
+    notice = p.extra_generation_params[infotext.NOTICE_KEY]
+    assert notice == 'S-CFG word weights: "zebra" matches no word of the prompt'
+    assert p.extra_generation_params["S-CFG word weights"] == "horse: 0, blue sky: 2, zebra: 1.5"
+
+
+def test_malformed_word_weights_turn_scfg_off_with_a_notice(webui, txt2img, model):
+    _, p = run(webui, txt2img, model, args=scfg(txt2img, word_weights="horse 2"))
+    assert p.scfg_settings is None
+    assert "'word_weights'" in p.extra_generation_params[infotext.NOTICE_KEY]
+    assert "S-CFG is off for this generation" in p.extra_generation_params[infotext.NOTICE_KEY]
+
+
+def test_api_returns_the_maps_only_when_asked(webui, txt2img, img2img, model):
+    import modules.api.api as api_module
+
+    api = api_module.Api(txt2img_runner=txt2img, img2img_runner=img2img)
+    for show, count in ((False, 2), (True, 4)):
+        request = api_module.SimpleRequest(alwayson_scripts={"S-CFG": {"args": [{"enabled": True, "show_maps": show}]}})
+        args = api.script_args_for_request(request)
+        _, p = run(webui, txt2img, model, [[(A, 1.0)], [(B, 1.0)]], [NEG, NEG2], args=args, texts=["a horse", "a cat"])
+        response = api_module.images_response(p.harness_processed)
+        assert len(response["images"]) == count
+        import json
+
+        info = json.loads(response["info"])
+        assert info["all_seeds"] == [0, 1] and len(info["infotexts"]) == count

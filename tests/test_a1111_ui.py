@@ -83,7 +83,8 @@ def test_ui_components_follow_fields(webui, tab):
     assert ids[1:] == [f"script_{tab}_scfg_scfg_{f.name}" for f in FIELDS[1:]]
     for control, f in zip(script.controls, FIELDS, strict=True):
         block = control.get_block_name()
-        assert block == {bool: "checkbox", float: "slider", str: "dropdown"}[f.kind], (f.name, block)
+        expected = "textbox" if f.free_text else {bool: "checkbox", float: "slider", str: "dropdown"}[f.kind]
+        assert block == expected, (f.name, block)
         if f.name != "enabled":
             assert "scfg-control" in control.elem_classes
     assert script.controls[0].value is False  # closed and off by default
@@ -101,6 +102,8 @@ def test_api_info_describes_every_field(webui, tab):
             assert (arg.minimum, arg.maximum, arg.step) == (f.minimum, f.maximum, f.step)
             assert arg.minimum <= arg.value <= arg.maximum
             assert arg.choices is None
+        elif f.free_text:
+            assert arg.value == "" and arg.choices is None
         elif f.kind is str:
             assert arg.choices == list(f.choices) and arg.value in arg.choices
         else:
@@ -181,7 +184,8 @@ def test_infotext_round_trip(webui, small_unet, tab):
     runner = getattr(webui, tab)
     p = generation(webui, small_unet, runner, script_args(runner, **CUSTOM.as_dict()))
     assert p.scfg_settings == CUSTOM
-    assert p.extra_generation_params == {f.infotext: f.to_text(getattr(CUSTOM, f.name)) for f in FIELDS}
+    assert p.extra_generation_params == {f.infotext: f.to_text(getattr(CUSTOM, f.name)) for f in FIELDS
+                                         if f.name != "word_weights"}  # empty text: not written
     text = infotext_text(webui, p)
     params_line = text.splitlines()[-1]
     assert "S-CFG: True, S-CFG min rate: 0.5, S-CFG max rate: 2.5" in params_line
@@ -281,6 +285,8 @@ def test_xyz_axes_registered_once_in_fields_order(webui):
         assert type(opt) is webui.xyz.AxisOption  # shown on both tabs
         if f.kind is bool:
             assert opt.type is str and opt.choices() == ["False", "True"]
+        elif f.free_text:  # typed, in quotes when it holds commas
+            assert opt.type is str and opt.choices is None
         elif f.kind is str:
             assert opt.type is str and opt.choices() == list(f.choices)
         else:
@@ -398,6 +404,11 @@ BAD_ARGS = [
     ([{"maxrate": 2.0}], "maxrate", "known settings: " + ", ".join(NAMES)),
     ([{"min_rate": 3.0, "max_rate": 2.0}], "min_rate", "must not exceed 'max_rate'"),
     ([{"start": 0.5, "end": 0.5}], "start", "must be less than 'end'"),
+    ([{"word_weights": "horse 1.3"}], "word_weights", '"horse 1.3" is not "word: number"'),
+    ([{"word_weights": "horse: 1.3, sky: -1"}], "word_weights", "between 0 and 10"),
+    ([{"word_weights": 1.3}], "word_weights", "must be text"),
+    ([{"show_maps": "yes"}], "show_maps", "true or false"),
+    ([{"maps_step": "mid"}], "maps_step", describe_range("maps_step")),
     ([{"start": 0.9, "end": 0.2}], "start", "must be less than 'end'"),
     ([*CUSTOM.as_list(), 1], None, f"at most {len(FIELDS)} positional args"),
 ]
@@ -524,6 +535,34 @@ def test_api_infotext_field_restores_settings(webui, small_unet, api, api_module
     assert settings_from("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7") is None  # no S-CFG: off
 
 
+@pytest.mark.parametrize("tab", ["txt2img", "img2img"])
+def test_word_weights_round_trip_through_infotext_paste_and_api(webui, small_unet, api, api_module, tab):
+    """Word weights hold commas and colons: the WebUI quotes them in the infotext; paste, "Send to" and the API's
+    ``infotext`` field give back the same canonical text."""
+    import modules.infotext_utils as infotext_utils
+
+    runner = getattr(webui, tab)
+    weights = 'horse: 1.3, (red shirt:1.2): 0, "sky": 0.5'
+    settings = Settings(enabled=True, word_weights=weights, show_maps=True, maps_step="first")
+    assert settings.word_weights == 'horse: 1.3, red shirt: 0, "sky": 0.5'  # canonical
+    p = generation(webui, small_unet, runner, script_args(runner, **settings.as_dict()))
+    text = infotext_text(webui, p)
+    assert 'S-CFG word weights: "horse: 1.3, red shirt: 0, \\"sky\\": 0.5"' in text
+    params = infotext_utils.parse_generation_parameters(text)
+    assert params["S-CFG word weights"] == settings.word_weights
+    values = pasted(webui, runner, text)
+    assert values == settings.as_list()
+    args = api.script_args_for_request(api_module.SimpleRequest(infotext=text), is_img2img=tab == "img2img",
+                                       infotext_script_args=api_infotext_args(runner, text))
+    assert generation(webui, small_unet, runner, args).scfg_settings == settings
+    # no weights: no key; pasting that gives the empty text back
+    plain = infotext_text(webui, generation(webui, small_unet, runner, script_args(runner, enabled=True)))
+    assert "word weights" not in plain and pasted(webui, runner, plain)[FIELDS.index(FIELD_WEIGHTS)] == ""
+
+
+FIELD_WEIGHTS = next(f for f in FIELDS if f.name == "word_weights")
+
+
 def test_api_validator_install_is_not_stacked_and_undoes(webui, api_module):
     original = api_module.Api.init_script_args
     undo_first = scfg_api.install(api_module.Api, lambda m: ValueError(m))
@@ -608,7 +647,7 @@ def test_http_script_info(client):
             if f.kind is float:
                 assert (arg["minimum"], arg["maximum"], arg["step"]) == (f.minimum, f.maximum, f.step)
             if f.kind is str:
-                assert arg["choices"] == list(f.choices)
+                assert arg["choices"] == (list(f.choices) if f.choices else None)
 
 
 def test_number_fields_are_finite_ranges():

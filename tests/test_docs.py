@@ -18,6 +18,9 @@ def test_settings_table_and_api_table_match_fields():
         if f.kind is float:
             assert f"| {f.minimum:g} – {f.maximum:g} |" in row, row
             assert f"`{f.default}`" in api_row, api_row
+        elif f.free_text:
+            assert f"| {f.label} (`{f.name}`) | empty | text |" in row, row
+            assert f'`"{f.default}"`' in api_row
         elif f.kind is str:
             assert f"`{f.default}`" in row and all(f"`{c}`" in row for c in f.choices), row
             assert f'`"{f.default}"`' in api_row

@@ -319,3 +319,61 @@ def test_a_wrapper_set_after_ours_is_reported(webui, txt2img, model, monkeypatch
     on, p = generate(webui, txt2img, model)
     assert torch.equal(on, plain)
     assert "replaced S-CFG's U-Net function wrapper" in p.extra_generation_params[infotext.NOTICE_KEY]
+
+
+def test_maps_go_to_forges_extra_images(webui, txt2img, model):
+    """Forge: the pictures go to ``processed.extra_images`` (= ``p.extra_result_images``), which its UI shows and
+    its API returns after the results; ``images``, seeds and infotexts are the results' alone. Batch 2 with AND
+    and a hires pass (run twice by Forge's ``process_before_every_sampling``): one picture per image, pass and
+    sub-prompt, labelled from ``text_processing_engine``."""
+    import modules.api.api as api_module
+
+    from scfg_ext.webui import maps
+
+    prompts, uncond = CASES["batch 2 + AND"]
+    titles = []
+    original = maps.picture
+
+    def spy(base, kept, labels, title):
+        titles.append((title, labels[:4]))
+        return original(base, kept, labels, title)
+
+    maps.picture = spy
+    try:
+        p = H.make_p(webui, txt2img, model, 2, size=SIZE, steps=STEPS,
+                     args=H.script_args(txt2img, enabled=True, show_maps=True, word_weights="horse: 1.5"))
+        p.hr_cfg = 7.5
+        _, p = forge_generate(webui, txt2img, model, prompts, uncond, p=p, hires=((24, 24), 2),
+                              texts=["a horse AND a cat", "a dog AND a horse"])
+    finally:
+        maps.picture = original
+    processed = p.harness_processed
+    assert len(processed.images) == 2 and len(processed.infotexts) == 2 and processed.all_seeds == [0, 1]
+    assert len(processed.extra_images) == 8 and processed.extra_images is p.extra_result_images
+    assert [t for t, _ in titles][:4] == ["image 1, AND 1, middle step", "image 1, AND 2, middle step",
+                                         "image 1, hires, AND 1, middle step", "image 1, hires, AND 2, middle step"]
+    assert titles[0][1] == ["start/padding", "a", "horse", "start/padding"]
+    assert titles[1][1] == ["start/padding", "a", "cat", "start/padding"]
+    assert [labels for _, labels in titles[4:6]] == [["start/padding", "a", "dog", "start/padding"],
+                                                     ["start/padding", "a", "horse", "start/padding"]]
+    assert infotext.NOTICE_KEY not in p.extra_generation_params  # "horse" is in both images
+    response = api_module.images_response(processed, forge=True)
+    assert len(response["images"]) == 10
+
+
+def test_word_weights_are_repeated_with_a_repeated_context(webui, txt2img, model, monkeypatch):
+    """Forge repeats a 77-token prompt to the 154 tokens of a long negative (LCM): the weights follow."""
+    import scfg_ext.guidance as guidance
+
+    seen = []
+    original = guidance.guidance_rate
+
+    def spy(*args, token_weights=None, **kw):
+        seen.append(token_weights)
+        return original(*args, token_weights=token_weights, **kw)
+
+    monkeypatch.setattr(guidance, "guidance_rate", spy)
+    _, p = forge_generate(webui, txt2img, model, [[(A, 1.0)]], [LONG], size=SIZE, steps=STEPS, texts=["a horse"],
+                          args=H.script_args(txt2img, enabled=True, word_weights="horse: 0"))
+    assert seen and all(w.shape == (154,) for w in seen)
+    assert seen[0][[2, 79]].tolist() == [0.0, 0.0] and float((seen[0] != 1).sum()) == 2

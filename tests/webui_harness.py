@@ -98,9 +98,12 @@ def script_args(runner, **overrides):
 def sd_model(unet, parameterization="eps"):
     """A WebUI-loaded SD1 model stand-in: the real U-Net under ldm's ``model.diffusion_model`` path, SD's
     schedule, and the flags ``modules/sd_models.py`` sets."""
+    from modules.sd_hijack_clip import FrozenCLIPEmbedderWithCustomWords
+
     from scfg_ext import testbed
 
     model = testbed.LatentDiffusionStub(unet, parameterization)
+    model.cond_stage_model = FrozenCLIPEmbedderWithCustomWords()  # the hijacked prompt engine (tokens only)
     model.is_sd1, model.is_sd2, model.is_sdxl, model.is_sd3 = parameterization == "eps", parameterization == "v", \
         False, False
     return model
@@ -151,7 +154,7 @@ def make_p(webui, runner, unet_model, batch_size=1, *, size=(32, 32), steps=3, s
 
 def generate(webui, runner, unet_model, prompts, uncond, *, size=(32, 32), steps=3, sampler="Euler",
              cfg_scale=7.5, seed=0, args=None, hires=None, img2img=None, mask=None, p_fields=None, n_iter=1,
-             noise=None, p=None, cell=None, firstpass=None):
+             noise=None, p=None, cell=None, firstpass=None, texts=None, forge=False):
     """One generation (batch = len(prompts), ``n_iter`` batches) through the stand-in pipeline; returns
     ``(samples, p)`` with the samples of all batches concatenated.
 
@@ -164,6 +167,11 @@ def generate(webui, runner, unet_model, prompts, uncond, *, size=(32, 32), steps
     ``StableDiffusionProcessingTxt2Img.sample_hr_pass`` does it; with ``firstpass=latent`` the first pass is
     not sampled (upstream's ``firstpass_image`` path: no ``process_before_every_sampling`` for it). img2img's
     sampler is created once, in ``init()``, and reused by every batch, as upstream.
+
+    ``texts``: the prompt text of every image (all batches; default "a prompt"), what ``p.all_prompts`` /
+    ``p.prompts`` hold (the conds still come from ``prompts``). ``scripts.postprocess`` gets a ``Processed``
+    (Forge's, with ``extra_images``, when ``forge``) of the samples "decoded" by ``decode``, one infotext each
+    (``create_infotext``), as ``process_images_inner`` makes it; it is left on ``p.harness_processed``.
     """
     import torch.nn.functional as F
     from modules import sd_samplers
@@ -177,6 +185,13 @@ def generate(webui, runner, unet_model, prompts, uncond, *, size=(32, 32), steps
     webui.shared.sd_model = unet_model
     b, size, img2img = p.batch_size, (p.height // 8, p.width // 8), getattr(p, "init_latent", None)
     p.fill_fields_from_opts()
+    count = p.n_iter * b
+    p.all_prompts = list(texts) if texts is not None else ["a prompt"] * count
+    p.all_negative_prompts = [""] * count
+    p.all_seeds = [p.seed + k for k in range(count)]
+    p.all_subseeds = list(p.all_seeds)
+    if forge:
+        p.extra_result_images = []
     if p.scripts is not None:
         p.scripts.before_process(p)
         p.scripts.process(p)
@@ -186,6 +201,8 @@ def generate(webui, runner, unet_model, prompts, uncond, *, size=(32, 32), steps
     batches = []
     for n in range(p.n_iter):  # processing.py process_images_inner: one p.sample per batch
         p.iteration = n
+        p.prompts = p.all_prompts[n * b:(n + 1) * b]
+        p.seeds = p.all_seeds[n * b:(n + 1) * b]
         gen = torch.Generator().manual_seed(p.seed + n * b)
         x = torch.randn(b, 4, *size, generator=gen)
         if n == 0 and noise is not None:
@@ -206,6 +223,23 @@ def generate(webui, runner, unet_model, prompts, uncond, *, size=(32, 32), steps
             p.sampler = None
             p.is_hr_pass = False
         batches.append(samples)
+    samples = torch.cat(batches)
+    processing = webui.processing
+    images = [decode(x) for x in samples]
+    infotexts = [processing.create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, index=k)
+                 for k in range(len(images))]
+    processed = processing.Processed(p, images, p.all_seeds[0], infotexts[0], infotexts=infotexts, forge=forge,
+                                     extra_images_list=getattr(p, "extra_result_images", None))
     if p.scripts is not None:
-        p.scripts.postprocess(p, types.SimpleNamespace(images=[]))
-    return torch.cat(batches), p
+        p.scripts.postprocess(p, processed)
+    p.harness_processed = processed
+    return samples, p
+
+
+def decode(latent):
+    """A stand-in for the VAE: the first three latent channels as colours, 8x nearest upscaled (PIL RGB)."""
+    from PIL import Image
+
+    rgb = ((torch.tanh(latent[:3].float()) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    rgb = rgb.repeat_interleave(8, 1).repeat_interleave(8, 2).permute(1, 2, 0).contiguous()
+    return Image.fromarray(rgb.cpu().numpy(), "RGB")

@@ -7,7 +7,8 @@ import json
 from ..settings import FIELD_BY_NAME, FIELDS
 
 # rows of the compact layout, by field name; every field except "enabled" (the accordion's own box) once
-LAYOUT = (("min_rate", "max_rate", "max_scale"), ("refine", "foreground"), ("start", "end", "hires"))
+LAYOUT = (("min_rate", "max_rate", "max_scale"), ("refine", "foreground"), ("start", "end", "hires"),
+          ("word_weights",), ("show_maps", "maps_step"))
 assert sorted(n for row in LAYOUT for n in row) == sorted(f.name for f in FIELDS[1:])
 
 
@@ -37,6 +38,8 @@ def _component(gr, field, elem_id):
     common = dict(label=field.label, value=field.default, elem_id=elem_id, elem_classes=["scfg-control"])
     if field.kind is bool:
         return gr.Checkbox(**common)
+    if field.free_text:
+        return gr.Textbox(lines=1, placeholder="horse: 1.3, sky: 0.7, red shirt: 1.2", **common)
     if field.kind is str:
         return gr.Dropdown(choices=list(field.choices), type="value", **common)
     return gr.Slider(minimum=field.minimum, maximum=field.maximum, step=field.step, **common)

@@ -14,8 +14,9 @@ ALL_KEYS = (*KEYS, NOTICE_KEY)
 
 
 def write(settings: Settings) -> dict[str, str]:
-    """``extra_generation_params`` entries: every setting, as text without commas, colons or quotes."""
-    return {f.infotext: f.to_text(getattr(settings, f.name)) for f in FIELDS}
+    """``extra_generation_params`` entries: every setting (free text only when not empty; the WebUI quotes it)."""
+    return {f.infotext: f.to_text(getattr(settings, f.name)) for f in FIELDS
+            if not (f.free_text and getattr(settings, f.name) == "")}
 
 
 def fill_pasted(params: MutableMapping[str, Any]) -> list[str]:

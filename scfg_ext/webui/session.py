@@ -7,7 +7,11 @@ What differs between WebUIs is a small backend adapter (``a1111.Backend``, ``for
 * ``install(p, current)``: the combination for one sampling pass, every undo pushed on ``current.stack``;
 * ``plan(current, params)``: the roles of this step's U-Net rows (``on_cfg_denoiser``), ``[]`` when the
   backend declares them per U-Net call, None when the batch can't be mapped (plain CFG for the step);
-* ``pass_notice(p, settings)``: what the user should know about this pass, or None.
+* ``pass_notice(p, settings)``: what the user should know about this pass, or None;
+* ``text_engine(p)``: the WebUI's prompt tokenizer (``tokenize_line`` and ``tokenizer.convert_ids_to_tokens``,
+  see ``maps.prompt_tokens``), or None;
+* ``repeat_context``: whether the backend repeats a shorter cond to a common length (Forge) instead of
+  padding it (A1111): how per-token word weights are fitted to the context.
 
 Flow (the same in A1111 1.10 and Forge; ``modules/processing.py``):
 
@@ -17,6 +21,8 @@ Flow (the same in A1111 1.10 and Forge; ``modules/processing.py``):
   ``launch_sampling`` so that everything is undone when sampling ends: success, error or interrupt
   (``postprocess`` is not reached when sampling raises). Idempotent: Forge calls it twice for hires.
 * ``on_cfg_denoiser`` (every denoiser call, before the U-Net calls): the step's roles and progress.
+* ``postprocess`` (once, with the ``Processed``): the S-CFG maps kept by each pass go to the gallery
+  (``maps.add_to_gallery``).
 
 With S-CFG disabled none of this is installed.
 """
@@ -30,9 +36,10 @@ from typing import Any, Protocol
 
 import torch
 
-from ..guidance import ScfgRun
+from ..guidance import MapKeeper, ScfgRun
 from ..settings import Settings, SettingsError
-from . import infotext, xyz
+from ..weights import parse_weights
+from . import infotext, maps, xyz
 
 log = logging.getLogger("sd-webui-scfg")
 
@@ -43,6 +50,8 @@ class Backend(Protocol):
     def install(self, p, current: Pass) -> None: ...
     def plan(self, current: Pass, params) -> list | None: ...
     def pass_notice(self, p, settings: Settings) -> str | None: ...
+    def text_engine(self, p) -> Any: ...
+    repeat_context: bool
 
 
 @dataclass
@@ -55,6 +64,7 @@ class Pass:
     denoiser: Any
     unet: torch.nn.Module
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    prompts: maps.PassPrompts | None = None  # the batch's sub-prompts and their tokens (maps, word weights)
 
 
 def resolve_settings(args, p) -> Settings:
@@ -77,11 +87,13 @@ class Session:
         # on_cfg_denoiser call of each sampler (before that step's U-Net calls and combination)
         self.legacy = legacy
         self.pending = None  # the p of the generation in progress, when S-CFG is on
+        self.kept: list[maps.PassMaps] = []  # the maps of this generation's passes, for postprocess
 
     # -- script hooks -------------------------------------------------------------------------------------
     def process(self, p, args) -> Settings | None:
         self.stop()  # a pass left over from a run that crashed outside sampling
         self.pending = None
+        self.kept = []
         p.scfg_settings = None
         # X/Y/Z plot cells are shallow copies of one p and share its extra_generation_params dict: never write
         # into it, and drop what an earlier cell wrote there, so a cell's infotext has S-CFG only if it used it
@@ -131,6 +143,19 @@ class Session:
         """End of the generation (``postprocess``, script unload)."""
         self.pending = None
         self.stop()
+        self.kept = []
+
+    def postprocess(self, p, processed) -> None:
+        """End of the generation with its result: the kept maps go to the gallery (never raises)."""
+        kept, settings = self.kept, getattr(p, "scfg_settings", None)
+        self.finish()
+        if not kept or settings is None or not settings.show_maps:
+            return
+        try:
+            maps.add_to_gallery(p, processed, kept, settings)
+        except Exception as e:  # noqa: BLE001 - never fail the generation for a picture
+            log.exception("S-CFG maps")
+            notice(p, f"S-CFG could not draw its maps ({type(e).__name__}: {e})")
 
     def stop(self) -> None:
         """Undo everything of the current pass (idempotent)."""
@@ -139,13 +164,27 @@ class Session:
             return
         current.stack.close()
         run = current.run
+        if run.keeper is not None:
+            result = run.keeper.result()
+            if result:
+                self.kept.append(maps.PassMaps(current.p, current.prompts, result))
         log.info("S-CFG pass done: %d attention layers hooked, S-CFG used on %d of %d denoiser calls, "
                  "%.1f ms computing rates", len(run.capture.layers), run.steps_applied, run.steps_seen,
                  run.seconds * 1e3)
 
     def _start(self, p, settings, sampler, denoiser) -> Pass:
         unet = self.backend.unet(p)
-        current = Pass(p, ScfgRun(settings, warn=lambda message: notice(p, message)), sampler, denoiser, unet)
+        entries = parse_weights(settings.word_weights)
+        prompts = None
+        if entries or settings.show_maps:
+            prompts = maps.pass_prompts(p, self.backend, lambda message: notice(p, message))
+        token_weights = maps.word_weights(prompts, entries, lambda message: notice(p, message)) if entries else None
+        keeper = None
+        if settings.show_maps:
+            keeper = MapKeeper(settings.maps_step, (settings.start + min(settings.end, 1.0)) / 2)
+        run = ScfgRun(settings, warn=lambda message: notice(p, message), token_weights=token_weights,
+                      repeat_weights=getattr(self.backend, "repeat_context", False), keeper=keeper)
+        current = Pass(p, run, sampler, denoiser, unet, prompts=prompts)
         current.stack.enter_context(current.run.attached(unet))
         self.backend.install(p, current)
 

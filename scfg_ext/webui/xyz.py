@@ -47,6 +47,8 @@ def axis_options(xyz) -> list:
         label = PREFIX + ("Enabled" if f.name == "enabled" else f.label)
         if f.kind is bool:
             opt = xyz.AxisOption(label, str, _apply(f), choices=xyz.boolean_choice(reverse=True), confirm=_confirm(f))
+        elif f.free_text:
+            opt = xyz.AxisOption(label, str, _apply(f), confirm=_confirm(f))
         elif f.kind is str:
             opt = xyz.AxisOption(label, str, _apply(f), choices=lambda f=f: list(f.choices), confirm=_confirm(f))
         else:

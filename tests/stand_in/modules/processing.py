@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import modules.shared as shared
 from modules import errors, infotext_utils, sd_samplers
-from modules.shared import opts
+from modules.shared import opts, state
 
 
 # mirrors modules/processing.py @ v1.10.1 (82a973c): class StableDiffusionProcessing (fields; methods trimmed)
@@ -168,6 +168,12 @@ class StableDiffusionProcessing:
         self.scripts_setup_complete = True
 
         self.scripts.setup_scrips(self, is_ui=not self.is_api)
+
+    # mirrors modules/processing.py @ v1.10.1 (82a973c) :511-513
+    def save_samples(self) -> bool:
+        """Returns whether generated images need to be written to disk"""
+        return opts.samples_save and not self.do_not_save_samples and (
+            opts.save_incomplete_images or not state.interrupted and not state.skipped)
 
     def comment(self, text):
         self.comments[text] = 1
@@ -346,3 +352,47 @@ def create_infotext(
     negative_prompt_text = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
 
     return f"{prompt_text}{negative_prompt_text}\n{generation_params_text}".strip()
+
+
+# mirrors modules/processing.py @ v1.10.1 (82a973c) :516-599: class Processed (the fields scripts and the
+# API read; trimmed: sampler/model/VAE/face-restoration/token-merging fields). Forge (dfdcbab :519-521) adds
+# ``extra_images`` (= ``p.extra_result_images``): ``forge=True``.
+class Processed:
+    def __init__(self, p, images_list, seed=-1, info="", subseed=None, all_prompts=None, all_negative_prompts=None,
+                 all_seeds=None, all_subseeds=None, index_of_first_image=0, infotexts=None, comments="",
+                 extra_images_list=None, forge=False):
+        self.images = images_list
+        self.prompt = p.prompt
+        self.negative_prompt = p.negative_prompt
+        self.seed = seed
+        self.subseed = subseed
+        self.info = info
+        self.comments = "".join(f"{comment}\n" for comment in p.comments)
+        self.width = p.width
+        self.height = p.height
+        self.cfg_scale = p.cfg_scale
+        self.steps = p.steps
+        self.batch_size = p.batch_size
+        self.extra_generation_params = p.extra_generation_params
+        self.index_of_first_image = index_of_first_image
+        self.all_prompts = all_prompts or p.all_prompts or [self.prompt]
+        self.all_negative_prompts = all_negative_prompts or p.all_negative_prompts or [self.negative_prompt]
+        self.all_seeds = all_seeds or p.all_seeds or [self.seed]
+        self.all_subseeds = all_subseeds or p.all_subseeds or [self.subseed]
+        self.infotexts = infotexts or [info] * len(images_list)
+        if forge:
+            self.extra_images = extra_images_list if extra_images_list is not None else []
+
+    def js(self):
+        import json
+
+        obj = {
+            "prompt": self.all_prompts[0],
+            "all_prompts": self.all_prompts,
+            "seed": self.seed,
+            "all_seeds": self.all_seeds,
+            "extra_generation_params": self.extra_generation_params,
+            "index_of_first_image": self.index_of_first_image,
+            "infotexts": self.infotexts,
+        }
+        return json.dumps(obj, default=lambda o: None)

@@ -60,6 +60,10 @@ def _options_templates():
             "Switch to refiner by sampling steps instead of model timesteps. Old behavior for refiner.",
             infotext="Refiner switch by sampling steps",
         ),
+        # section "saving-images" (shared_options.py:35-36, 73)
+        "samples_save": OI(True, "Always save all generated images"),
+        "samples_format": OI("png", "File format for images"),
+        "save_incomplete_images": OI(False, "Save incomplete images"),
         # section "infotext" (~361-363)
         "disable_weights_auto_swap": OI(True, "Disregard checkpoint information from pasted infotext"),
         "infotext_skip_pasting": OI([], "Disregard fields from pasted infotext"),

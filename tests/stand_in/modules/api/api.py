@@ -203,3 +203,21 @@ class Api:
         if selectable_scripts is not None:
             return script_args
         return tuple(script_args)
+
+
+# mirrors modules/api/api.py @ v1.10.1 (82a973c) :488-490 (text2imgapi's response; img2imgapi :559-565 the same):
+# ``images`` = every picture of ``processed.images`` as base64, ``info`` = ``processed.js()``. Forge @ dfdcbab
+# (:496-504) calls ``process_extra_images(processed)`` and returns ``processed.images + processed.extra_images``.
+# Stand-in only as a function (upstream: inside the endpoint), returning the response's fields as a dict.
+def images_response(processed, send_images=True, forge=False):
+    import base64
+    import io
+
+    def encode_pil_to_base64(image):  # upstream :103-136, PNG branch
+        with io.BytesIO() as output_bytes:
+            image.save(output_bytes, format="PNG")
+            return base64.b64encode(output_bytes.getvalue())
+
+    pictures = processed.images + processed.extra_images if forge else processed.images
+    b64images = list(map(encode_pil_to_base64, pictures)) if send_images else []
+    return {"images": b64images, "info": processed.js()}

@@ -1,0 +1,195 @@
+"""The WebUI side of "Show S-CFG maps" and the word weights: the prompts' tokens from the WebUI's own tokenizer,
+per-token weights per cond row, and the pictures added to the gallery after the results.
+
+Tokens: both WebUIs' prompt engines have ``tokenize_line(text) -> (chunks, token_count)`` with 77-id
+``chunk.tokens`` (A1111 ``modules/sd_hijack_clip.py`` ``TextConditionalModel``; Forge
+``backend/text_processing/classic_engine.py`` ``ClassicTextProcessingEngine``) and an HF CLIP tokenizer with
+``convert_ids_to_tokens`` (A1111 SD2's open_clip: its module's ``tokenizer.decoder``). The backend adapter says
+which engine a model has (``text_engine``).
+
+Gallery: A1111 1.10 has no place for extra pictures, so they are appended to ``processed.images`` after the
+results (after the grid is made: not in it; X/Y/Z takes each cell's first image) with the infotext of their image
+appended to ``processed.infotexts``, so the UI's per-image indexing ("Save", the infotext under the picture)
+stays valid. Forge has ``processed.extra_images`` (``p.extra_result_images``), shown after the results and
+returned by its API after them: used when present. Saved with the suffix ``-scfg-maps`` when the WebUI saves
+samples (``p.save_samples()``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..capture import Cond
+from ..guidance import KeptMaps
+from ..render import BG, SPECIAL_LABEL, rate_map, region_map, token_labels
+from ..weights import EOT, SOT, WeightEntry, token_weights
+
+SUFFIX = "-scfg-maps"
+_SPECIALS = {"<start_of_text>": SOT, "<end_of_text>": EOT}  # open_clip's names (A1111 SD2)
+
+
+@dataclass
+class PassPrompts:
+    """The batch of one sampling pass: ``texts[i][j]`` = image i's sub-prompt j, ``tokens[i][j]`` its CLIP
+    token strings (None when the tokenizer could not be used)."""
+
+    iteration: int
+    batch_size: int
+    hires: bool
+    texts: list[list[str]] = field(default_factory=list)
+    tokens: list[list[list[str] | None]] = field(default_factory=list)
+
+    def tokens_of(self, key: Cond) -> list[str] | None:
+        try:
+            return self.tokens[key.image][key.index]
+        except IndexError:
+            return None
+
+
+@dataclass
+class PassMaps:
+    p: Any
+    prompts: PassPrompts | None
+    maps: dict[Cond, KeptMaps]
+
+
+def subprompts(prompt: str) -> list[str]:
+    """The ``AND`` sub-prompts of a prompt, as the WebUI splits them (``prompt_parser.get_multicond_prompt_list``)."""
+    from modules import prompt_parser
+
+    indexes, flat, _ = prompt_parser.get_multicond_prompt_list([prompt])
+    return [flat[index] for index, _ in indexes[0]]
+
+
+def prompt_tokens(engine, text: str) -> list[str]:
+    """The CLIP token strings of ``text`` as the WebUI conditions on it: all 77-token chunks of
+    ``engine.tokenize_line`` (start, prompt, end, padding)."""
+    chunks, _ = engine.tokenize_line(text)
+    ids = [int(t) for chunk in chunks for t in chunk.tokens]
+    tokenizer = getattr(engine, "tokenizer", None) or getattr(getattr(engine, "wrapped", None), "tokenizer", None)
+    if tokenizer is None:  # A1111 SD2: open_clip's tokenizer, a global of modules/sd_hijack_open_clip.py
+        tokenizer = getattr(sys.modules.get(type(engine).__module__), "tokenizer", None)
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        strings = tokenizer.convert_ids_to_tokens(ids)
+    else:
+        strings = [tokenizer.decoder[i] for i in ids]
+    return [_SPECIALS.get(s, s) for s in strings]
+
+
+def _batch_prompts(p) -> list[str]:
+    hires = getattr(p, "is_hr_pass", False)
+    prompts = getattr(p, "hr_prompts", None) if hires else None
+    prompts = prompts or getattr(p, "prompts", None)
+    if not prompts:
+        b, n = p.batch_size, getattr(p, "iteration", 0)
+        prompts = (getattr(p, "all_prompts", None) or [])[n * b:(n + 1) * b]
+    return [str(x) for x in prompts or []]
+
+
+def pass_prompts(p, backend, notice: Callable[[str], None]) -> PassPrompts:
+    """The sub-prompts and tokens of the pass about to run; never raises (a notice says what is missing)."""
+    out = PassPrompts(int(getattr(p, "iteration", 0) or 0), int(p.batch_size), bool(getattr(p, "is_hr_pass", False)))
+    try:
+        out.texts = [subprompts(prompt) for prompt in _batch_prompts(p)]
+        engine = backend.text_engine(p)
+        if engine is None:
+            raise LookupError("no CLIP prompt engine on this model")
+        out.tokens = [[prompt_tokens(engine, text) for text in image] for image in out.texts]
+    except Exception as e:  # noqa: BLE001 - labels fall back to "token N", weights are not applied
+        notice(f"S-CFG could not read the prompt's tokens ({type(e).__name__}: {e}): word weights are not "
+               "applied and the maps name tokens by position")
+        out.tokens = [[None] * len(image) for image in out.texts]
+    return out
+
+
+def word_weights(prompts: PassPrompts | None, entries: Sequence[WeightEntry], notice: Callable[[str], None]
+                 ) -> dict[Cond, torch.Tensor]:
+    """Per cond row, the multiplier of every token (``weights.token_weights``); a notice names the entries that
+    match no word of any sub-prompt of the batch."""
+    out: dict[Cond, torch.Tensor] = {}
+    unmatched: list[str] | None = None
+    for i, image in enumerate(prompts.tokens if prompts else []):
+        for j, tokens in enumerate(image):
+            if tokens is None:
+                continue
+            weights, missing = token_weights(entries, tokens)
+            out[Cond(i, j)] = weights
+            unmatched = missing if unmatched is None else [m for m in unmatched if m in missing]
+    if unmatched:
+        notice("S-CFG word weights: " + ", ".join(f'"{m}"' for m in unmatched) + " matches no word of the prompt")
+    return out
+
+
+def labels_for(tokens: Sequence[str] | None, count: int) -> list[str]:
+    """One label per context position of a map with ``count`` tokens (``render.token_labels``; a context Forge
+    repeated to a common length repeats the labels, A1111's padding is padding); ``token N`` without tokens."""
+    if not tokens:
+        return [f"token {t}" for t in range(count)]
+    labels = token_labels(tokens)
+    while len(labels) < count:
+        labels += labels[:count - len(labels)] if count % len(tokens) == 0 else [SPECIAL_LABEL] * (count - len(labels))
+    return labels[:count]
+
+
+def picture(base: Image.Image | None, kept: KeptMaps, labels: Sequence[str], title: str) -> Image.Image:
+    """The region map over ``base`` (the result image; grey when there is none) beside the rate map."""
+    h, w = kept.owner.shape
+    base = base if base is not None else Image.new("RGB", (w * 8, h * 8), (128, 128, 128))
+    regions = region_map(base, kept.regions(), labels, title=f"S-CFG: {title}")
+    rates = rate_map(kept.rate.float(), size=base.size)
+    out = Image.new("RGB", (regions.width + rates.width, max(regions.height, rates.height)), BG)
+    out.paste(regions, (0, 0))
+    out.paste(rates, (regions.width, 0))
+    return out
+
+
+def add_to_gallery(p, processed, kept: Sequence[PassMaps], settings) -> None:
+    """Draw every kept map over its result image and add the pictures after the results."""
+    first = int(getattr(processed, "index_of_first_image", 0) or 0)
+    results = list(processed.images[first:])
+    count = max(int(p.batch_size) * int(getattr(p, "n_iter", 1) or 1), 1)
+    stride = len(results) // count if len(results) >= count and len(results) % count == 0 else 1
+    items = []
+    for order, entry in enumerate(kept):
+        prompts = entry.prompts
+        iteration = prompts.iteration if prompts else 0
+        for key, maps in entry.maps.items():
+            g = iteration * int(p.batch_size) + key.image
+            items.append((g, order, key.index, entry, key, maps))
+    items.sort(key=lambda item: item[:3])
+    pictures, owners = [], []
+    for g, _, j, entry, key, maps in items:
+        prompts = entry.prompts
+        base = results[g * stride] if g * stride < len(results) else None
+        tokens = prompts.tokens_of(key) if prompts else None
+        several = prompts is not None and key.image < len(prompts.texts) and len(prompts.texts[key.image]) > 1
+        title = f"image {g + 1}" + (", hires" if prompts and prompts.hires else "") + \
+            (f", AND {j + 1}" if several else "") + f", {settings.maps_step} step"
+        pictures.append(picture(base, maps, labels_for(tokens, maps.tokens), title))
+        owners.append(g)
+    if not pictures:
+        return
+    extra = getattr(processed, "extra_images", None)
+    if isinstance(extra, list):  # Forge: shown and returned by the API after the results
+        extra.extend(pictures)
+    else:  # A1111: after the results, each with its image's infotext (the UI indexes infotexts by picture)
+        processed.images.extend(pictures)
+        infotexts = getattr(processed, "infotexts", None)
+        if isinstance(infotexts, list):
+            for g in owners:
+                index = first + g * stride
+                infotexts.append(infotexts[index] if index < len(infotexts) else getattr(processed, "info", ""))
+    save = getattr(p, "save_samples", None)
+    if callable(save) and save():
+        from modules import images, shared
+
+        seeds, texts = getattr(p, "all_seeds", None) or [], getattr(p, "all_prompts", None) or []
+        for g, pic in zip(owners, pictures, strict=True):
+            images.save_image(pic, p.outpath_samples, "", seeds[g] if g < len(seeds) else None,
+                              texts[g] if g < len(texts) else None, shared.opts.samples_format, p=p, suffix=SUFFIX)
