@@ -366,6 +366,94 @@ def test_xyz_dropdown_axes_and_overrides(webui, small_unet):
     assert pc.scfg_settings == Settings(enabled=True, max_rate=2.0)
 
 
+def test_xyz_word_weights_axis_takes_quoted_texts(webui, small_unet):
+    """X/Y/Z splits its values at commas (csv): a word-weights value is one quoted text."""
+    xyz_mod = webui.xyz
+    values = xyz_mod.process_axis(None, axis(webui, "word_weights"), '"horse: 2, sky: 0.5", horse:1', [], False)
+    assert values == ["horse: 2, sky: 0.5", "horse:1"]
+    runner = webui.txt2img
+    base = generation(webui, small_unet, runner, script_args(runner))
+    pc = xyz_mod.apply_cell(base, [(axis(webui, "word_weights"), values[0], values)])
+    pc.extra_generation_params = {}
+    runner.process(pc)
+    assert pc.scfg_settings == Settings(enabled=True, word_weights="horse: 2, sky: 0.5")
+    with pytest.raises(SettingsError, match="word_weights"):
+        axis(webui, "word_weights").confirm(None, ["horse 2"])
+
+
+# -- maps: tokens and gallery placement ---------------------------------------------------------------------------
+
+
+def test_text_engines_of_each_model_family():
+    """A1111: ``cond_stage_model`` (SD1/SD2, hijacked), else SDXL's first embedder with ``tokenize_line``; Forge:
+    ``text_processing_engine`` (SD1/SD2) or ``text_processing_engine_l`` (SDXL)."""
+    from scfg_ext.webui import a1111, forge
+
+    engine = types.SimpleNamespace(tokenize_line=lambda text: None)
+    sd1 = types.SimpleNamespace(sd_model=types.SimpleNamespace(cond_stage_model=engine))
+    sdxl = types.SimpleNamespace(sd_model=types.SimpleNamespace(
+        cond_stage_model=None, conditioner=types.SimpleNamespace(embedders=[object(), engine, object()])))
+    assert a1111.Backend().text_engine(sd1) is engine and a1111.Backend().text_engine(sdxl) is engine
+    assert a1111.Backend().text_engine(types.SimpleNamespace(sd_model=object())) is None
+    f = forge.Backend()
+    assert f.text_engine(types.SimpleNamespace(sd_model=types.SimpleNamespace(text_processing_engine=engine))) is engine
+    assert f.text_engine(types.SimpleNamespace(sd_model=types.SimpleNamespace(text_processing_engine_l=engine))) \
+        is engine
+
+
+def test_prompt_tokens_hf_and_open_clip_tokenizers():
+    from modules.sd_hijack_clip import FrozenCLIPEmbedderWithCustomWords
+
+    from scfg_ext.webui import maps
+
+    engine = FrozenCLIPEmbedderWithCustomWords()
+    tokens = maps.prompt_tokens(engine, "a red horse")
+    assert tokens[:5] == ["<|startoftext|>", "a</w>", "red</w>", "horse</w>", "<|endoftext|>"] and len(tokens) == 77
+    # A1111 SD2: open_clip's SimpleTokenizer (a decoder dict, <start_of_text>/<end_of_text>) via the engine's module
+    ids = [t for chunk in engine.tokenize_line("a horse")[0] for t in chunk.tokens]
+    decoder = {i: s for s, i in engine.tokenizer._ids.items()}
+    decoder[engine.id_start], decoder[engine.id_end] = "<start_of_text>", "<end_of_text>"
+    module = types.ModuleType("sd2_engine_module")
+    module.tokenizer = types.SimpleNamespace(decoder=decoder)
+    sd2 = type("FrozenOpenCLIPEmbedderWithCustomWords", (), {"__module__": "sd2_engine_module"})()
+    sd2.tokenize_line = lambda text: ([types.SimpleNamespace(tokens=ids)], 2)
+    import sys
+
+    sys.modules["sd2_engine_module"] = module
+    try:
+        assert maps.prompt_tokens(sd2, "a horse")[:4] == ["<|startoftext|>", "a</w>", "horse</w>", "<|endoftext|>"]
+    finally:
+        del sys.modules["sd2_engine_module"]
+
+
+def test_gallery_placement_with_a_grid_and_masks():
+    """A1111 with "Show grid" (grid first, ``index_of_first_image`` 1) and "return mask" (a mask after each
+    image): each map is drawn over its own image, and appended with that image's infotext."""
+    import torch
+    from PIL import Image
+
+    from scfg_ext.capture import Cond
+    from scfg_ext.guidance import KeptMaps
+    from scfg_ext.webui import maps
+
+    grid, img0, mask0, img1, mask1 = (Image.new("RGB", (32, 32), (k * 40, 0, 0)) for k in range(5))
+    processed = types.SimpleNamespace(images=[grid, img0, mask0, img1, mask1], index_of_first_image=1,
+                                      infotexts=["grid", "i0", "m0", "i1", "m1"])
+    p = types.SimpleNamespace(batch_size=2, n_iter=1, save_samples=lambda: False)
+    kept = KeptMaps(torch.zeros(4, 4, dtype=torch.long), torch.ones(4, 4, dtype=torch.float16), 77)
+    prompts = maps.PassPrompts(0, 2, False, [["a"], ["b"]], [[None], [None]])
+    drawn = []
+    original = maps.picture
+    maps.picture = lambda base, k, labels, title: drawn.append(base) or original(base, k, labels, title)
+    try:
+        maps.add_to_gallery(p, processed, [maps.PassMaps(p, prompts, {Cond(1, 0): kept, Cond(0, 0): kept})],
+                            Settings(show_maps=True))
+    finally:
+        maps.picture = original
+    assert drawn == [img0, img1]
+    assert len(processed.images) == 7 and processed.infotexts[5:] == ["i0", "i1"]
+
+
 # -- API args ----------------------------------------------------------------------------------------------------
 
 
