@@ -185,7 +185,7 @@ def test_hints_are_titles(page):
         assert labels, f.name
         for label in labels:
             assert label.get_attribute("title") == f.hint, (f.name, label.inner_text())
-        assert title_on_hover(page, f"{block} input") == f.hint, f.name
+        assert title_on_hover(page, f"{block} input, {block} textarea") == f.hint, f.name
     # the accordion: its header (label and the checkbox inputAccordion.js puts there), not its whole body
     enabled = FIELDS[0].hint
     assert page.get_attribute(f"{ACCORDION} > .label-wrap", "title") == enabled
