@@ -349,7 +349,7 @@ def test_maps_go_to_forges_extra_images(webui, txt2img, model):
         maps.picture = original
     processed = p.harness_processed
     assert len(processed.images) == 2 and len(processed.infotexts) == 2 and processed.all_seeds == [0, 1]
-    assert len(processed.extra_images) == 8 and processed.extra_images is p.extra_result_images
+    assert len(processed.extra_images) == 8 and p.extra_result_images == []  # shared by X/Y/Z cells: untouched
     assert [t for t, _ in titles][:4] == ["image 1, AND 1, middle step", "image 1, AND 2, middle step",
                                          "image 1, hires, AND 1, middle step", "image 1, hires, AND 2, middle step"]
     assert titles[0][1] == ["start/padding", "a", "horse", "start/padding"]

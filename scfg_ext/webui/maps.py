@@ -11,8 +11,8 @@ Gallery: A1111 1.10 has no place for extra pictures, so they are appended to ``p
 results (after the grid is made: not in it; X/Y/Z takes each cell's first image) with the infotext of their image
 appended to ``processed.infotexts``, so the UI's per-image indexing ("Save", the infotext under the picture)
 stays valid. Forge has ``processed.extra_images`` (``p.extra_result_images``), shown after the results and
-returned by its API after them: used when present. Saved with the suffix ``-scfg-maps`` when the WebUI saves
-samples (``p.save_samples()``).
+returned by its API after them: used when present (replaced by a longer list, never extended in place).
+Saved with the suffix ``-scfg-maps`` when the WebUI saves samples (``p.save_samples()``).
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ def add_to_gallery(p, processed, kept: Sequence[PassMaps], settings) -> None:
         return
     extra = getattr(processed, "extra_images", None)
     if isinstance(extra, list):  # Forge: shown and returned by the API after the results
-        extra.extend(pictures)
+        # a new list: processed.extra_images is p.extra_result_images, which X/Y/Z cells (copies of p) share
+        processed.extra_images = extra + pictures
     else:  # A1111: after the results, each with its image's infotext (the UI indexes infotexts by picture)
         processed.images.extend(pictures)
         infotexts = getattr(processed, "infotexts", None)
