@@ -44,6 +44,20 @@ def xyz_grid():
     return None
 
 
+def multicond_prompt_list(prompts):
+    """``prompt_parser.get_multicond_prompt_list``: the ``AND`` sub-prompts of each prompt (A1111 and Forge)."""
+    from modules import prompt_parser
+
+    return prompt_parser.get_multicond_prompt_list(prompts)
+
+
+def save_image(*args, **kwargs):
+    """``modules.images.save_image`` (same signature in A1111 1.10 and Forge)."""
+    from modules import images
+
+    return images.save_image(*args, **kwargs)
+
+
 def api_class():
     """``modules.api.api.Api`` if the API module can be imported, else None."""
     try:

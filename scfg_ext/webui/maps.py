@@ -61,9 +61,9 @@ class PassMaps:
 
 def subprompts(prompt: str) -> list[str]:
     """The ``AND`` sub-prompts of a prompt, as the WebUI splits them (``prompt_parser.get_multicond_prompt_list``)."""
-    from modules import prompt_parser
+    from . import host
 
-    indexes, flat, _ = prompt_parser.get_multicond_prompt_list([prompt])
+    indexes, flat, _ = host.multicond_prompt_list([prompt])
     return [flat[index] for index, _ in indexes[0]]
 
 
@@ -188,9 +188,10 @@ def add_to_gallery(p, processed, kept: Sequence[PassMaps], settings) -> None:
                 infotexts.append(infotexts[index] if index < len(infotexts) else getattr(processed, "info", ""))
     save = getattr(p, "save_samples", None)
     if callable(save) and save():
-        from modules import images, shared
+        from . import host
 
         seeds, texts = getattr(p, "all_seeds", None) or [], getattr(p, "all_prompts", None) or []
         for g, pic in zip(owners, pictures, strict=True):
-            images.save_image(pic, p.outpath_samples, "", seeds[g] if g < len(seeds) else None,
-                              texts[g] if g < len(texts) else None, shared.opts.samples_format, p=p, suffix=SUFFIX)
+            host.save_image(pic, p.outpath_samples, "", seeds[g] if g < len(seeds) else None,
+                            texts[g] if g < len(texts) else None, host.option("samples_format", "png"), p=p,
+                            suffix=SUFFIX)
