@@ -58,11 +58,14 @@ class MapKeeper:
     def __init__(self, mode: str, middle: float):
         self.mode, self.middle = mode, middle
         self._held: dict[Cond, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._held_at: float | None = None  # the progress of the step held
         self._sums: dict[Cond, list] = {}
         self._locked = False
 
     def add(self, progress: float, regions: Mapping[Cond, torch.Tensor], rates: Mapping[Cond, torch.Tensor]) -> None:
-        """One guided step: ``regions[key]`` ``(T, H, W)`` one-hot, ``rates[key]`` ``(1, H, W)``."""
+        """The rows guided by one ``rates`` call: ``regions[key]`` ``(T, H, W)`` one-hot, ``rates[key]``
+        ``(1, H, W)``. A step's rows may come in several calls (Forge splits the chunks under memory pressure):
+        calls at the same ``progress`` add to the step held."""
         if self.mode == "average":
             for key, rate in rates.items():
                 count = regions[key].float()
@@ -74,12 +77,15 @@ class MapKeeper:
                     entry[1] += rate[0].float()
                     entry[2] += 1
             return
-        if self._locked or (self.mode == "first" and self._held):
+        same_step = progress == self._held_at
+        if not same_step and (self._locked or (self.mode == "first" and self._held)):
             return
-        self._held = {key: (regions[key].argmax(0), rate[0].half(), regions[key].shape[0])
-                      for key, rate in rates.items()}
+        if not same_step:
+            self._held, self._held_at = {}, progress
+        self._held.update({key: (regions[key].argmax(0), rate[0].half(), regions[key].shape[0])
+                           for key, rate in rates.items()})
         if self.mode == "middle" and progress >= self.middle:
-            self._locked = True
+            self._locked = True  # later steps are past the middle: this one is kept
 
     def result(self) -> dict[Cond, KeptMaps]:
         if self.mode == "average":

@@ -426,6 +426,44 @@ def test_prompt_tokens_hf_and_open_clip_tokenizers():
         del sys.modules["sd2_engine_module"]
 
 
+@pytest.mark.parametrize("mode, kept_step", [("first", 0), ("last", 3), ("middle", 2)])
+def test_map_keeper_picks_its_step_with_rows_in_several_calls(mode, kept_step):
+    """Steps at progress 0, .25, .5, .75 (middle of the range 0.45); each step's two rows come in two calls
+    (as Forge splits chunks): the step kept has both rows, from that step."""
+    import torch
+
+    from scfg_ext.capture import Cond
+    from scfg_ext.guidance import MapKeeper
+
+    keeper = MapKeeper(mode, 0.45)
+    for step in range(4):
+        for j in range(2):
+            regions = torch.zeros(5, 2, 2)
+            regions[step] = 1
+            keeper.add(step / 4, {Cond(0, j): regions}, {Cond(0, j): torch.full((1, 2, 2), step + j / 10)})
+    kept = keeper.result()
+    assert set(kept) == {Cond(0, 0), Cond(0, 1)}
+    for j in range(2):
+        assert kept[Cond(0, j)].owner.eq(kept_step).all() and kept[Cond(0, j)].tokens == 5
+        assert torch.allclose(kept[Cond(0, j)].rate.float(), torch.tensor(kept_step + j / 10), atol=1e-2)
+
+
+def test_map_keeper_average():
+    import torch
+
+    from scfg_ext.capture import Cond
+    from scfg_ext.guidance import MapKeeper
+
+    keeper = MapKeeper("average", 0.5)
+    for step, owner in enumerate([1, 3, 3]):
+        regions = torch.zeros(4, 2, 2)
+        regions[owner] = 1
+        keeper.add(step / 3, {Cond(0): regions}, {Cond(0): torch.full((1, 2, 2), float(step))})
+    kept = keeper.result()[Cond(0)]
+    assert kept.owner.eq(3).all() and torch.allclose(kept.rate.float(), torch.tensor(1.0))
+    assert kept.regions().shape == (4, 2, 2) and kept.regions()[3].eq(1).all()
+
+
 def test_gallery_placement_with_a_grid_and_masks():
     """A1111 with "Show grid" (grid first, ``index_of_first_image`` 1) and "return mask" (a mask after each
     image): each map is drawn over its own image, and appended with that image's infotext."""
