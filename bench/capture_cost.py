@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="weights; half types run under autocast as A1111 does")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (cpu/cuda)")
+    p.add_argument("--time-only", action="store_true", help="skip the counts (cpu/cuda: only the timing)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--small", action="store_true", help="the small-channel variants (smoke runs)")
     p.add_argument("--refine", default="official", choices=["official", "paper", "none"])
@@ -210,6 +211,11 @@ class Case:
                "layers": None, "weights_mib": self.weight_bytes / MiB}
         with torch.no_grad(), self.autocast():
             counts = {}
+            if a.time_only:
+                with capture.attach(self.unet):
+                    out["layers"] = len(capture.layers)
+                    out["time"] = self._time(plain, lambda: (scfg_call(), masks()), capture)
+                return out
             for name, fn in (("plain", plain),):
                 counts[name] = self._counts(fn)
             with capture.attach(self.unet):
@@ -255,6 +261,11 @@ class Case:
 
 
 def report(r: dict) -> str:
+    if "plain" not in r:  # --time-only
+        tp, ts = statistics.median(r["time"]["plain"]), statistics.median(r["time"]["scfg"])
+        paired = statistics.median(s / p for p, s in zip(r["time"]["plain"], r["time"]["scfg"], strict=True))
+        return (f"{r['model']:>5} {r['size']:>5}² b{r['batch']} {r['layers']:>3} layers | time {tp * 1e3:.0f} -> "
+                f"{ts * 1e3:.0f} ms x{ts / tp:.3f} (paired median x{paired:.3f})")
     base = r["base_mib"] * MiB
     p, s, m, st = r["plain"], r["scfg"], r["masks"], r["step"]
     pk_p, pk_s = base + p["peak_new"], base + st["peak_new"]

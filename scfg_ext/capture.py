@@ -373,16 +373,17 @@ class AttentionCapture:
     def _process(self, key: tuple, call: _CallMaps) -> None:
         queue = self._pending.pop(key)
         group = self._groups[key]
-        for i, tensors, versions in queue:
-            if [_version(t) for t in tensors] != versions:
-                self._fail(f"the attention projections of {self.layers[i].name} were modified in place")
-                return
+        if any([_version(t) for t in entry[1]] != entry[2] for entry in queue):
+            self._fail("the attention projections were modified in place")
+            return
+        layers = [self.layers[entry[0]] for entry in queue]
+        stash = [entry[1] for entry in queue]
+        queue.clear()  # from here on ``stash`` holds the only references: _layer_maps frees them after the cat
         with torch.autocast(self._device, enabled=False):
-            refined = self._layer_maps(group, call, [tensors for _, tensors, _ in queue],
-                                       [self.layers[i] for i, _, _ in queue])
-        call.add(key, group.hw, refined, len(queue))
+            refined = self._layer_maps(group, call, stash, layers)
+        call.add(key, group.hw, refined, len(layers))
         if self.on_process is not None:
-            self.on_process(len(queue))
+            self.on_process(len(layers))
 
     def _layer_maps(self, g: _Group, call: _CallMaps, stash: list, layers: list) -> torch.Tensor:
         """Refined maps of a chunk of layers: ``(L * R, T + 2, n)`` float32, layer-major; channels: the T
