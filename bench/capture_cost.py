@@ -69,7 +69,6 @@ ARGS = parse_args()
 sys.path.insert(0, str(Path(ARGS.pkg_root).resolve()))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -91,25 +90,6 @@ def autocast_off_on_meta() -> None:
         return original(device_type, *args, **kwargs)
 
     torch.autocast = autocast
-
-
-def use_sdp_attention() -> None:
-    """ldm ``CrossAttention.forward`` -> a scaled_dot_product_attention one (A1111's "sdp")."""
-    from ldm.modules import attention
-
-    def forward(self, x, context=None, mask=None, **kwargs):
-        h = self.heads
-        context = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        b, n, inner = q.shape
-        q, k, v = (t.reshape(b, t.shape[1], h, inner // h).transpose(1, 2) for t in (q, k, v))
-        if q.device.type == "meta":  # what scaled_dot_product_attention dispatches to on a CPU
-            out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v.to(q.dtype))[0]
-        else:
-            out = F.scaled_dot_product_attention(q, k, v.to(q.dtype))
-        return self.to_out(out.transpose(1, 2).reshape(b, n, inner).to(q.dtype))
-
-    attention.CrossAttention.forward = forward
 
 
 class OpCount(TorchDispatchMode):
@@ -285,7 +265,7 @@ def main() -> int:
     a = ARGS
     if a.threads:
         torch.set_num_threads(a.threads)
-    use_sdp_attention()
+    testbed.use_sdp_attention()
     if a.device == "meta":
         autocast_off_on_meta()
     print(f"torch {torch.__version__}; device {a.device}; {a.dtype}; sdp attention; refine {a.refine}; "

@@ -95,45 +95,6 @@ MiB = 2**20
 
 
 # -- environment ---------------------------------------------------------------------------------------------
-def import_k_diffusion():
-    """``testbed.import_k_diffusion``; where torchvision is installed, that runs k_diffusion's package
-    ``__init__``, which imports its training modules (clean-fid, kornia, ...): if those are missing, enter the
-    package without ``__init__`` (sampling and external only need utils, which then imports fine)."""
-    try:
-        return testbed.import_k_diffusion()
-    except Exception:  # noqa: BLE001 - any failure of the package __init__ (missing or incompatible deps)
-        import importlib
-        import importlib.util
-        import types
-
-        for name in [m for m in sys.modules if m == "k_diffusion" or m.startswith("k_diffusion.")]:
-            del sys.modules[name]
-        spec = importlib.util.find_spec("k_diffusion")
-        pkg = types.ModuleType("k_diffusion")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        pkg.__spec__ = spec
-        sys.modules["k_diffusion"] = pkg
-        return importlib.import_module("k_diffusion.sampling"), importlib.import_module("k_diffusion.external")
-
-
-def use_sdp_attention() -> None:
-    """Replace ldm ``CrossAttention.forward`` by a scaled_dot_product_attention one (what A1111's "sdp"
-    optimisation installs): no probabilities are formed, so S-CFG's hooks must recompute them."""
-    import torch.nn.functional as F
-    from ldm.modules import attention
-
-    def forward(self, x, context=None, mask=None, **kwargs):
-        h = self.heads
-        context = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        b, n, inner = q.shape
-        q, k, v = (t.reshape(b, t.shape[1], h, inner // h).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v.to(q.dtype))
-        return self.to_out(out.transpose(1, 2).reshape(b, n, inner).to(q.dtype))
-
-    attention.CrossAttention.forward = forward
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -148,8 +109,8 @@ class Bench:
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.attention == "sdp":
-            use_sdp_attention()
-        self.sampling, _ = import_k_diffusion()
+            testbed.use_sdp_attention()
+        self.sampling, _ = testbed.import_k_diffusion()
         config = testbed.small_config(testbed.SD15_UNET) if args.small else testbed.SD15_UNET
         self.unet = testbed.build_unet(config, dtype=self.dtype, device=self.device)
         self.params = sum(p.numel() for p in self.unet.parameters())

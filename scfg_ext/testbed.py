@@ -131,8 +131,12 @@ def import_k_diffusion():
     if "k_diffusion.sampling" in sys.modules:
         return sys.modules["k_diffusion.sampling"], sys.modules["k_diffusion.external"]
     if importlib.util.find_spec("torchvision") is not None:
-        sampling = importlib.import_module("k_diffusion.sampling")
-        return sampling, importlib.import_module("k_diffusion.external")
+        try:
+            sampling = importlib.import_module("k_diffusion.sampling")
+            return sampling, importlib.import_module("k_diffusion.external")
+        except Exception:  # noqa: BLE001 - the package __init__'s training deps missing: enter it without __init__
+            for name in [m for m in sys.modules if m == "k_diffusion" or m.startswith("k_diffusion.")]:
+                del sys.modules[name]
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None:
         raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion)")
@@ -153,7 +157,8 @@ def import_k_diffusion():
         placeholder[name].__getattr__ = unavailable
     placeholder["torchvision.transforms"].functional = placeholder["torchvision.transforms.functional"]
     saved = {name: sys.modules.get(name) for name in placeholder}
-    sys.modules.update(placeholder)
+    if importlib.util.find_spec("torchvision") is None:
+        sys.modules.update(placeholder)
     try:
         importlib.import_module("k_diffusion.utils")
     finally:
@@ -164,6 +169,30 @@ def import_k_diffusion():
                 sys.modules[name] = mod
     sampling = importlib.import_module("k_diffusion.sampling")
     return sampling, importlib.import_module("k_diffusion.external")
+
+
+def sdp_attention_forward(self, x, context=None, mask=None, **kwargs):
+    """An ldm ``CrossAttention.forward`` with ``scaled_dot_product_attention``, what A1111's "sdp" optimisation
+    (``modules/sd_hijack_optimizations.py``) and Forge run: no attention probabilities are ever formed."""
+    import torch.nn.functional as F
+
+    h = self.heads
+    context = x if context is None else context
+    q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+    b, n, inner = q.shape
+    q, k, v = (t.reshape(b, t.shape[1], h, inner // h).transpose(1, 2) for t in (q, k, v))
+    if q.device.type == "meta":  # shape-only runs (bench): what scaled_dot_product_attention picks on a CPU
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v.to(q.dtype))[0]
+    else:
+        out = F.scaled_dot_product_attention(q, k, v.to(q.dtype))
+    return self.to_out(out.transpose(1, 2).reshape(b, n, inner).to(q.dtype))
+
+
+def use_sdp_attention() -> None:
+    """Install ``sdp_attention_forward`` on ldm's ``CrossAttention`` (class-level, as the WebUI does)."""
+    from ldm.modules import attention
+
+    attention.CrossAttention.forward = sdp_attention_forward
 
 
 class DiffusionWrapper(torch.nn.Module):

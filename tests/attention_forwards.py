@@ -7,26 +7,12 @@
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from ldm.modules.attention import CrossAttention
 
+from scfg_ext import testbed
 
-def scaled_dot_product_attention_forward(self, x, context=None, mask=None, **kwargs):
-    # mirrors sd_hijack_optimizations.scaled_dot_product_attention_forward: fused kernel, no probabilities
-    batch_size, sequence_length, inner_dim = x.shape
-    h = self.heads
-    q_in = self.to_q(x)
-    context = x if context is None else context
-    k_in = self.to_k(context)
-    v_in = self.to_v(context)
-    head_dim = inner_dim // h
-    q = q_in.view(batch_size, -1, h, head_dim).transpose(1, 2)
-    k = k_in.view(batch_size, -1, h, head_dim).transpose(1, 2)
-    v = v_in.view(batch_size, -1, h, head_dim).transpose(1, 2)
-    hidden_states = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
-    hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, h * head_dim).to(q.dtype)
-    hidden_states = self.to_out[0](hidden_states)
-    return self.to_out[1](hidden_states)
+# A1111's "sdp" (and what Forge runs): fused kernel, no probabilities
+scaled_dot_product_attention_forward = testbed.sdp_attention_forward
 
 
 def split_cross_attention_forward(self, x, context=None, mask=None, **kwargs):
