@@ -22,6 +22,33 @@ def small_unet():
     return testbed.build_unet(testbed.small_config(testbed.SD15_UNET), seed=0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Intra-op threads buy nothing on the WebUI tests' tiny tensors, and on a busy 2-core machine OpenMP's
+    barrier waits made them 10x slower with 2 threads (measured under load ~7: 257 s with 2 threads, 27 s
+    with 1). Used module-wide through ``pytestmark``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def token_weights_seen(monkeypatch):
+    """The ``token_weights`` of every ``guidance_rate`` call ``ScfgRun`` makes."""
+    import scfg_ext.guidance as guidance
+
+    seen = []
+    original = guidance.guidance_rate
+
+    def spy(*args, token_weights=None, **kw):
+        seen.append(token_weights)
+        return original(*args, token_weights=token_weights, **kw)
+
+    monkeypatch.setattr(guidance, "guidance_rate", spy)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def k_diffusion():
     sampling, external = testbed.import_k_diffusion()

@@ -22,6 +22,7 @@ from scfg_ext.capture import Cond
 from scfg_ext.guidance import ScfgRun
 from scfg_ext.webui import infotext
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = (16, 16)
 HR_SIZE = (24, 24)
 STEPS = 3
@@ -71,16 +72,6 @@ class CfgOffset(scripts.Script):
 
 
 # -- fixtures -------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Intra-op threads buy nothing on these tiny tensors, and on a busy 2-core machine OpenMP's barrier waits
-    made this file 10x slower with 2 threads (measured under load ~7: 257 s with 2 threads, 27 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def webui(tmp_path_factory):
     path = tmp_path_factory.mktemp("other_extension") / "cfg_offset.py"
@@ -792,19 +783,10 @@ def test_maps_drawing_error_is_a_notice(webui, txt2img, model, monkeypatch):
     assert len(p.harness_processed.images) == 1
 
 
-def test_word_weights_reach_the_rate_per_image_and_sub_prompt(webui, txt2img, model, rates, monkeypatch):
+def test_word_weights_reach_the_rate_per_image_and_sub_prompt(webui, txt2img, model, rates, token_weights_seen):
     """The weights of every cond row come from its own sub-prompt's tokens; guidance_rate gets them fitted to
     the context; an entry found nowhere is a notice; a weight 0 region is plain CFG."""
-    import scfg_ext.guidance as guidance
-
-    seen = []
-    original = guidance.guidance_rate
-
-    def spy(*args, token_weights=None, **kw):
-        seen.append(token_weights)
-        return original(*args, token_weights=token_weights, **kw)
-
-    monkeypatch.setattr(guidance, "guidance_rate", spy)
+    seen = token_weights_seen
     prompts, uncond = [[(A, 1.0)], [(B, 0.7), (C, 0.5)]], [NEG, NEG2]
     plain, _ = run(webui, txt2img, model, prompts, uncond, texts=MAPS_TEXTS)
     seen.clear()

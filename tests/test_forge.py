@@ -18,6 +18,7 @@ from forge_harness import generate as forge_generate
 
 from scfg_ext.webui import forge, infotext
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE, STEPS = (16, 16), 3
 
 
@@ -86,14 +87,6 @@ class ForgeNeighbour(scripts.Script):
             unet.set_model_sampler_post_cfg_function(post_cfg, disable_cfg1_optimization=True)
         p.sd_model.forge_objects.unet = unet
 '''
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -361,18 +354,9 @@ def test_maps_go_to_forges_extra_images(webui, txt2img, model):
     assert len(response["images"]) == 10
 
 
-def test_word_weights_are_repeated_with_a_repeated_context(webui, txt2img, model, monkeypatch):
+def test_word_weights_are_repeated_with_a_repeated_context(webui, txt2img, model, token_weights_seen):
     """Forge repeats a 77-token prompt to the 154 tokens of a long negative (LCM): the weights follow."""
-    import scfg_ext.guidance as guidance
-
-    seen = []
-    original = guidance.guidance_rate
-
-    def spy(*args, token_weights=None, **kw):
-        seen.append(token_weights)
-        return original(*args, token_weights=token_weights, **kw)
-
-    monkeypatch.setattr(guidance, "guidance_rate", spy)
+    seen = token_weights_seen
     _, p = forge_generate(webui, txt2img, model, [[(A, 1.0)]], [LONG], size=SIZE, steps=STEPS, texts=["a horse"],
                           args=H.script_args(txt2img, enabled=True, word_weights="horse: 0"))
     assert seen and all(w.shape == (154,) for w in seen)

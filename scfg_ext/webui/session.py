@@ -30,6 +30,7 @@ With S-CFG disabled none of this is installed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -174,16 +175,17 @@ class Session:
 
     def _start(self, p, settings, sampler, denoiser) -> Pass:
         unet = self.backend.unet(p)
+        warn = functools.partial(notice, p)
         entries = parse_weights(settings.word_weights)
         prompts = None
         if entries or settings.show_maps:
-            prompts = maps.pass_prompts(p, self.backend, lambda message: notice(p, message))
-        token_weights = maps.word_weights(prompts, entries, lambda message: notice(p, message)) if entries else None
+            prompts = maps.pass_prompts(p, self.backend, warn)
+        token_weights = maps.word_weights(prompts, entries, warn) if entries else None
         keeper = None
         if settings.show_maps:
             keeper = MapKeeper(settings.maps_step, (settings.start + min(settings.end, 1.0)) / 2)
-        run = ScfgRun(settings, warn=lambda message: notice(p, message), token_weights=token_weights,
-                      repeat_weights=getattr(self.backend, "repeat_context", False), keeper=keeper)
+        run = ScfgRun(settings, warn=warn, token_weights=token_weights,
+                      repeat_weights=self.backend.repeat_context, keeper=keeper)
         current = Pass(p, run, sampler, denoiser, unet, prompts=prompts)
         current.stack.enter_context(current.run.attached(unet))
         self.backend.install(p, current)
