@@ -219,11 +219,6 @@ class MaskAccumulator:
         self._add_pair(foreground_pair(maps, pair_w), w)
         self.layers += 1
 
-    def add_pair(self, pair_maps: torch.Tensor) -> None:
-        """Add one layer's [bg, rest] maps ``(B, 2, gh, gw)`` (``layer_maps`` of ``reduce_to_pair``)."""
-        self._add_pair(pair_maps, self._weights(pair_maps))
-        self.layers += 1
-
     def add_layers(self, maps: torch.Tensor, pair_w: torch.Tensor | None = None) -> None:
         """Add ``L`` layers at once: ``maps`` ``(L, B, T, gh, gw)`` (``layer_maps`` of each layer, stacked) and
         ``pair_w`` as for ``add_tokens``: the same sums as ``L`` calls of ``add_tokens``, in a fixed number of
