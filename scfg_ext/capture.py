@@ -132,15 +132,20 @@ def _version(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version  # inference tensors have no version counter
 
 
+@dataclass(frozen=True, slots=True)
 class _Group:
     """Shapes shared by the stashed layers processed together."""
 
-    __slots__ = ("rows", "n", "tokens", "channels", "heads", "hw", "scale1", "scale2", "stash_bytes", "factor")
-
-    def __init__(self, rows, n, tokens, channels, heads, hw, scale1, scale2, stash_bytes, factor):
-        self.rows, self.n, self.tokens, self.channels, self.heads = rows, n, tokens, channels, heads
-        self.hw, self.scale1, self.scale2, self.stash_bytes = hw, scale1, scale2, stash_bytes
-        self.factor = factor
+    rows: int  # needed rows of the call
+    n: int  # attention positions
+    tokens: int  # context length
+    channels: int
+    heads: int
+    hw: tuple[int, int]  # the layer's grid
+    scale1: float  # self-attention scale
+    scale2: float  # cross-attention scale
+    stash_bytes: int  # one layer's four projections
+    factor: int  # downsampling level
 
     def work_bytes(self) -> tuple[int, int, int]:
         """Float32 bytes per layer: (the head-split copy + the head-averaged self map, the cross scores and
