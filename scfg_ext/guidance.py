@@ -230,11 +230,12 @@ class ScfgRun:
     def guided_conds(self, uncond: torch.Tensor, conds: Mapping[Cond, torch.Tensor], cfg_scale: float
                      ) -> dict[Cond, torch.Tensor]:
         """Cond outputs to substitute so that any linear CFG combiner yields S-CFG:
-        ``uncond + rate * (cond - uncond)``. This lets a host's own (or another extension's) combination
-        run unchanged on top. Empty when this step stays plain."""
+        ``uncond + rate * (cond - uncond)``, computed as ``cond + (rate - 1) * (cond - uncond)`` so that where
+        the rate is exactly 1 the cond output is passed bit for bit (plain CFG there, exactly). This lets a
+        host's own (or another extension's) combination run unchanged on top. Empty when this step stays plain."""
         rates = self.rates(uncond, conds, cfg_scale)
         return {
-            key: uncond[key.image] + rate.to(uncond.dtype) * (conds[key] - uncond[key.image])
+            key: conds[key] + (rate - 1).to(uncond.dtype) * (conds[key] - uncond[key.image])
             for key, rate in rates.items()
         }
 

@@ -320,12 +320,14 @@ def guidance_rate(
 
     Each region's mean per-pixel channel-L2 norm of ``delta`` (cond - uncond; eps, x0 or v space alike, the
     rate is invariant to a positive factor) is brought to the foreground's mean norm; then clamp to
-    ``[min_rate, max_rate]``, then to ``<= max_scale / cfg_scale``, then the 3x3 Gaussian. An image whose
+    ``[min_rate, max_rate]``, then to ``<= max_scale / cfg_scale``, then the 3x3 Gaussian (of ``rate - 1``,
+    so that exact 1s stay exact; the official code smooths the rate: equal up to rounding). An image whose
     foreground is empty gets rate 1 (plain CFG) rather than the official code's 0.8.
 
     ``token_weights`` (``(B, T)`` or ``(T,)``, from ``weights.token_weights``) multiplies each token region's
-    ratio after the equalisation and before the clamps. A region of weight 0 gets rate exactly 1 before the
-    smoothing: plain CFG there, neither clamped to ``min_rate`` nor capped by ``max_scale``.
+    ratio after the equalisation and before the clamps. A region of weight 0 gets rate exactly 1 (plain CFG),
+    neither clamped to ``min_rate`` nor capped by ``max_scale``; after the smoothing still exactly 1 wherever
+    the 3x3 neighbourhood is all that region.
     """
     if min_rate > max_rate:
         raise ValueError(f"min_rate ({min_rate}) must not exceed max_rate ({max_rate})")
@@ -340,5 +342,7 @@ def guidance_rate(
     if token_weights is not None:
         plain = torch.einsum("bt,bthw->bhw", (w == 0).float(), regions.float())[:, None] > 0
         rate = torch.where(plain, torch.ones_like(rate), rate)
-    rate = gaussian_smooth(rate)
+    # the deviation from 1 is smoothed, not the rate: the same map (the kernel sums to 1), but a cell whose 3x3
+    # neighbourhood is exactly 1 (weight 0: plain CFG) stays exactly 1, whatever order a CPU sums the taps in
+    rate = gaussian_smooth(rate - 1).add_(1)
     return torch.where(fg_area[:, :, None, None] > 0, rate, torch.ones_like(rate))

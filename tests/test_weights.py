@@ -267,6 +267,43 @@ def test_zero_weight_is_plain_cfg():
         torch.testing.assert_close(rate[..., :, :5], plain[..., :, :5])
 
 
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(3, 24), w=st.integers(3, 24), seed=st.integers(0, 2**16), gamma=st.floats(1.0, 40.0))
+def test_zero_weight_neighbourhoods_are_exactly_one(h, w, seed, gamma):
+    """Every cell whose 3x3 neighbourhood (reflect-padded, as the smoothing sees it) lies in weight-0 regions has
+    rate exactly 1, for any partition, scale and delta: exact by construction, not by rounding luck."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = 5
+    owner = torch.randint(0, tokens, (1, h, w), generator=gen)
+    regions = torch.nn.functional.one_hot(owner, tokens).permute(0, 3, 1, 2).float()
+    delta = torch.randn(1, 4, h, w, generator=gen) * (1 + 10 * torch.rand(1, 1, h, w, generator=gen))
+    tw = torch.rand(tokens, generator=gen) * 3
+    tw[torch.randperm(tokens, generator=gen)[:2]] = 0.0
+    rate = guidance_rate(delta, regions, torch.ones(1, 1, h, w), gamma, token_weights=tw)
+    zero = (tw[owner] == 0).float()[:, None]
+    padded = torch.nn.functional.pad(zero, (1, 1, 1, 1), mode="reflect")
+    inside = torch.nn.functional.max_pool2d(1 - padded, 3, stride=1) == 0
+    assert torch.equal(rate[inside], torch.ones(int(inside.sum())))
+
+
+def test_all_zero_weights_are_plain_cfg_bit_for_bit(small_unet):
+    """Weight 0 on every token: the S-CFG combination of a real U-Net call with real maps is plain CFG, bit for
+    bit (the rate is exactly 1 everywhere and the guided cond passes the cond output unchanged)."""
+    from scfg_ext import Cond, ScfgRun, Settings, Uncond, plain_cfg
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 4, 32, 32, generator=gen)
+    ctx = torch.randn(2, 77, 768, generator=gen)
+    run = ScfgRun(Settings(enabled=True), token_weights={Cond(0): torch.zeros(77)})
+    with torch.no_grad(), run.attached(small_unet):
+        run.begin_step([Cond(0), Uncond(0)], 0.0)
+        out = small_unet(x.expand(2, -1, -1, -1), torch.tensor([500, 500]), context=ctx)
+        uncond, conds = out[1:], [[(out[0], 1.0)]]
+        combined = run.combine(uncond, conds, 7.5)
+    assert run.steps_applied == 1  # the maps were used, not skipped
+    assert torch.equal(combined, plain_cfg(uncond, conds, 7.5))
+
+
 def test_unmatched_entry_changes_nothing():
     regions, fg = two_regions(tokens=77)
     delta = delta_for()
