@@ -1,0 +1,215 @@
+"""Measuring S-CFG on the miniature model against the world's exact masks (used by ``bench/quality.py``, the
+tests and the demo; no WebUI imports).
+
+* ``noised``: a ground-truth scene as the sampler sees it at noise level ``sigma`` (``x0 + sigma * eps``), so the
+  maps of one model call can be scored against masks that are exact for that call's image.
+* ``one_call``: one CFG model call (cond rows first, uncond last, A1111's layout) with S-CFG's capture on: the
+  ``StepMaps`` (regions, foreground, rate per image) and the model outputs.
+* ``sample_recording``: text-to-image sampling, plain or S-CFG, keeping every step's ``StepMaps``.
+* ``object_ious`` / ``word_region``: each object's region = the cells owned by its words' tokens (colour and
+  shape), IoU with its mask at latent resolution; the foreground likewise against the union of the objects.
+* ``region_norms``: the mean per-pixel channel norm of a map (``cond - uncond``, or the rate times it) over
+  each ground-truth region: the paper's Figure 1 in numbers.
+* ``colour_masks``: masks of a *generated* image, one per prompted object, from the world's palette (the
+  objects of a scene have distinct colours), for scoring maps taken along a generation.
+* ``wilson``: a 95 % confidence interval for an accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..capture import Cond
+from ..guidance import ScfgRun, StepMaps
+from ..settings import Settings
+from . import model as MM
+from . import world as W
+
+EVAL_STREAM = 1  # the scene stream that benchmarks, tests and the demo draw from; training must use another
+
+
+@dataclass
+class Miniature:
+    """The loaded model: text encoder, U-Net, tokenizer and the k-diffusion denoiser on SD's schedule."""
+
+    text_encoder: torch.nn.Module
+    net: torch.nn.Module
+    tokenizer: MM.Tokenizer
+    denoiser: torch.nn.Module
+    sha256: str | None = None
+
+    @classmethod
+    def load(cls, path=None, sha256=None) -> Miniature:
+        from .. import testbed
+
+        te, net, meta = MM.load(path, sha256)
+        return cls(te, net, meta.tokenizer, testbed.k_denoiser(net), meta.sha256)
+
+    def contexts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return MM.contexts(self.text_encoder, self.tokenizer, list(prompts))
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        return self.denoiser.get_sigmas(steps)
+
+
+def noised(scenes: Sequence[W.Scene], sigma: float, seed: int = 0) -> torch.Tensor:
+    """``(B, 4, H, W)``: each scene's latent plus ``sigma`` times seeded unit noise."""
+    x0 = MM.to_latent(torch.stack([s.render() for s in scenes]))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    return x0 + sigma * noise
+
+
+class _Recorder(torch.nn.Module):
+    """A k-diffusion model around ``testbed.CFGModel`` that keeps each call's ``StepMaps`` (None when S-CFG
+    did not guide that call) and the model outputs."""
+
+    def __init__(self, cfg_model, run: ScfgRun | None):
+        super().__init__()
+        self.cfg_model, self.run = cfg_model, run
+        self.maps: list[StepMaps | None] = []
+
+    def forward(self, x, sigma, **kwargs):
+        out = self.cfg_model(x, sigma, **kwargs)
+        if self.run is not None:
+            self.maps.append(self.run.last_maps)
+            self.run.last_maps = None
+        return out
+
+
+def _cfg_model(mini: Miniature, prompts: Sequence[str], cfg_scale: float, run: ScfgRun | None, steps: int):
+    from .. import testbed
+
+    cond, uncond = mini.contexts(prompts)
+    return testbed.CFGModel(mini.denoiser, cond, uncond, cfg_scale, run=run, total_steps=steps)
+
+
+def one_call(mini: Miniature, prompts: Sequence[str], x: torch.Tensor, sigma: float, cfg_scale: float = 7.5,
+             settings: Settings | None = None, token_weights: dict | None = None
+             ) -> tuple[StepMaps, torch.Tensor, torch.Tensor]:
+    """S-CFG's maps of one model call on ``x`` at ``sigma``, and the uncond and cond denoised outputs
+    (``(B, 4, H, W)`` each)."""
+    run = ScfgRun(settings or Settings(enabled=True), keep_maps=True, token_weights=token_weights)
+    model = _cfg_model(mini, prompts, cfg_scale, run, 1)
+    outputs = {}
+
+    def keep(module, args, output):
+        outputs["out"] = output
+
+    handle = mini.denoiser.register_forward_hook(keep)
+    try:
+        with torch.no_grad(), run.attached(mini.net):
+            model(x, torch.full((x.shape[0],), float(sigma)))
+    finally:
+        handle.remove()
+    if run.last_maps is None:
+        raise RuntimeError("S-CFG did not guide the call (no maps captured)")
+    b = x.shape[0]
+    out = outputs["out"]
+    return run.last_maps, out[b:], out[:b]
+
+
+def sample_recording(mini: Miniature, prompts: Sequence[str], seed: int, steps: int = 20, cfg_scale: float = 7.5,
+                     settings: Settings | None = None, token_weights: dict | None = None,
+                     noise: torch.Tensor | None = None) -> tuple[torch.Tensor, list[StepMaps | None]]:
+    """Latents ``(B, 4, H, W)`` from Euler sampling (plain CFG when ``settings`` is None or disabled) and the
+    maps of every step S-CFG guided."""
+    from .. import testbed
+
+    sampling, _ = testbed.import_k_diffusion()
+    run = None
+    if settings is not None and settings.enabled:
+        run = ScfgRun(settings, keep_maps=True, token_weights=token_weights)
+    model = _Recorder(_cfg_model(mini, prompts, cfg_scale, run, steps), run)
+    sigmas = mini.sigmas(steps)
+    if noise is None:
+        noise = torch.randn((len(prompts), 4, W.SIZE, W.SIZE), generator=torch.Generator().manual_seed(seed))
+    x = noise * sigmas[0]
+    with torch.no_grad():
+        if run is None:
+            return sampling.sample_euler(model, x, sigmas, disable=True), []
+        with run.attached(mini.net):
+            return sampling.sample_euler(model, x, sigmas, disable=True), model.maps
+
+
+# ------------------------------------------------------------------------------------------------------
+# scores
+
+
+def word_positions(scene: W.Scene) -> list[list[int]]:
+    """Context positions of the words naming each mask of ``scene.masks()`` (objects, then the ground; the
+    ground's list is empty when the caption does not name it)."""
+    out: list[list[int]] = [[] for _ in range(len(scene.objects) + 1)]
+    for k, target in enumerate(scene.word_targets()):
+        if target is not None:
+            out[target].append(k + 1)  # word k sits after the start-of-text token
+    return out
+
+
+def word_region(regions: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+    """``(H, W)`` bool: the cells owned by any token in ``positions`` (``regions`` one-hot ``(T, H, W)``)."""
+    if not positions:
+        return torch.zeros(regions.shape[-2:], dtype=torch.bool)
+    return regions[list(positions)].sum(0) > 0
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Intersection over union of two boolean masks (1 when both are empty)."""
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+@dataclass
+class SceneScores:
+    objects: list[float]  # IoU per object (caption order)
+    ground: float | None  # IoU of the ground word's region with the ground mask (None: not named)
+    foreground: float  # IoU of S-CFG's foreground with the union of the objects
+
+
+def scene_scores(maps: StepMaps, row: int, scene: W.Scene, masks: torch.Tensor | None = None) -> SceneScores:
+    """IoUs of image ``row``'s token regions (``maps``, key ``Cond(row)``) with ``masks`` (default the scene's
+    exact masks: objects, then ground; ``(n + 1, H, W)`` bool at latent resolution)."""
+    masks = scene.masks() if masks is None else masks
+    regions = maps.regions[Cond(row)].cpu()
+    positions = word_positions(scene)
+    n = len(scene.objects)
+    objects = [iou(word_region(regions, positions[i]), masks[i]) for i in range(n)]
+    ground = iou(word_region(regions, positions[n]), masks[n]) if positions[n] else None
+    fg = maps.foreground[Cond(row)][0].cpu() > 0
+    return SceneScores(objects, ground, iou(fg, masks[:n].any(0)))
+
+
+def region_norms(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel channel-L2 norm of ``values`` (``(C, H, W)``) over each mask (``(K, H, W)`` bool): ``(K,)``."""
+    norm = torch.linalg.vector_norm(values.float(), dim=0)
+    m = masks.float()
+    return (m * norm).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
+
+
+def colour_masks(rgb: torch.Tensor, scene: W.Scene) -> torch.Tensor:
+    """``(n + 1, H, W)`` bool masks of a generated image (``(3, H, W)`` in [0, 1]): the pixels nearest each
+    prompted object's palette colour, then all the others (the ground)."""
+    labels = W.palette_labels(rgb)
+    names = list(W.COLOURS) + list(W.GROUNDS)
+    out = [torch.from_numpy(labels == names.index(o.colour)) for o in scene.objects]
+    out.append(~torch.stack(out).any(0))
+    return torch.stack(out)
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95 % by default) of a proportion."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean(values: Sequence[float]) -> float:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
