@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from scfg_ext import testbed  # noqa: E402
 from scfg_ext.miniature import model as MM  # noqa: E402
 from scfg_ext.miniature import world as W  # noqa: E402
 
@@ -90,7 +91,10 @@ def sample_check(text_encoder, net, tokenizer, n: int, seed: int = 12345, png: s
     ``png``, write the prompts' own scenes (top row) above the samples (bottom row), 4x enlarged."""
     scenes = list(W.scenes(seed, n))
     prompts = [s.caption for s in scenes]
-    lat = MM.sample(text_encoder, net, tokenizer, prompts, seed=seed, steps=20, cfg_scale=5.0)
+    from scfg_ext.miniature import evaluate as E
+
+    lat, _ = E.sample_recording(E.Miniature(text_encoder, net, tokenizer, testbed.k_denoiser(net)), prompts, seed,
+                                steps=20, cfg_scale=5.0)
     rgb = MM.to_rgb(lat)
     good = 0
     for img, prompt in zip(rgb, prompts, strict=True):

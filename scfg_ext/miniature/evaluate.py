@@ -66,7 +66,7 @@ def noised(scenes: Sequence[W.Scene], sigma: float, seed: int = 0) -> torch.Tens
 
 class _Recorder(torch.nn.Module):
     """A k-diffusion model around ``testbed.CFGModel`` that keeps each call's ``StepMaps`` (None when S-CFG
-    did not guide that call) and the model outputs."""
+    did not guide that call)."""
 
     def __init__(self, cfg_model, run: ScfgRun | None):
         super().__init__()

@@ -278,7 +278,7 @@ def load(path: str | Path | None = None, sha256: str | None = None, device="cpu"
 
 
 # ------------------------------------------------------------------------------------------------------
-# prompts and sampling
+# prompts
 
 
 def contexts(text_encoder: TextEncoder, tokenizer: Tokenizer, prompts: str | Sequence[str], negative: str = ""
@@ -291,27 +291,3 @@ def contexts(text_encoder: TextEncoder, tokenizer: Tokenizer, prompts: str | Seq
         cond = text_encoder(tokenizer.encode(prompts).to(device))
         uncond = text_encoder(tokenizer.encode([negative]).to(device)).expand(len(prompts), -1, -1)
     return cond, uncond.contiguous()
-
-
-def sample(text_encoder: TextEncoder, net: nn.Module, tokenizer: Tokenizer, prompts: str | Sequence[str],
-           seed: int = 0, steps: int = 20, cfg_scale: float = 5.0, run=None, sampler: str = "sample_euler",
-           noise: torch.Tensor | None = None, size: int = world.SIZE) -> torch.Tensor:
-    """Latents ``(B, 4, H, W)`` for the prompts with a k-diffusion sampler on SD's schedule (testbed's
-    ``CompVisDenoiser``), plain CFG, or S-CFG when ``run`` (a ``guidance.ScfgRun``) is given. ``noise``
-    (``(B, 4, H, W)``, unit variance) defaults to ``torch.randn`` from ``seed`` at ``size``. ``to_rgb`` gives
-    images. The network is called as ``net(x (B, 4, H, W), timesteps (B,), context=(B, 77, dim))`` -> eps."""
-    from contextlib import nullcontext
-
-    from .. import testbed
-
-    sampling, _ = testbed.import_k_diffusion()
-    cond, uncond = contexts(text_encoder, tokenizer, prompts)
-    if noise is None:
-        g = torch.Generator().manual_seed(seed)
-        noise = torch.randn((cond.shape[0], 4, size, size), generator=g)
-    device = cond.device
-    denoiser = testbed.k_denoiser(net).to(device)
-    sigmas = denoiser.get_sigmas(steps).to(device)
-    model = testbed.CFGModel(denoiser, cond, uncond, cfg_scale, run=run, total_steps=steps)
-    with torch.no_grad(), (run.attached(net) if run is not None else nullcontext()):
-        return getattr(sampling, sampler)(model, noise.to(device) * sigmas[0], sigmas, disable=True)
