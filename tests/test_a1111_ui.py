@@ -384,21 +384,23 @@ def test_xyz_word_weights_axis_takes_quoted_texts(webui, small_unet):
 # -- maps: tokens and gallery placement ---------------------------------------------------------------------------
 
 
-def test_text_engines_of_each_model_family():
-    """A1111: ``cond_stage_model`` (SD1/SD2, hijacked), else SDXL's first embedder with ``tokenize_line``; Forge:
-    ``text_processing_engine`` (SD1/SD2) or ``text_processing_engine_l`` (SDXL)."""
-    from scfg_ext.webui import a1111, forge
+def test_prompt_engine_of_each_webui_and_model_family():
+    """Found by ``tokenize_line`` wherever the fork keeps it: Forge ``text_processing_engine`` (SD1/SD2) or
+    ``text_processing_engine_l`` (SDXL); A1111 and reForge ``cond_stage_model`` (SD1/SD2, hijacked); SDXL the
+    first ``conditioner.embedders`` entry that is one (reForge also sets ``cond_stage_model`` to the
+    conditioner, which is not)."""
+    from scfg_ext.webui.maps import prompt_engine
 
     engine = types.SimpleNamespace(tokenize_line=lambda text: None)
-    sd1 = types.SimpleNamespace(sd_model=types.SimpleNamespace(cond_stage_model=engine))
-    sdxl = types.SimpleNamespace(sd_model=types.SimpleNamespace(
-        cond_stage_model=None, conditioner=types.SimpleNamespace(embedders=[object(), engine, object()])))
-    assert a1111.Backend().text_engine(sd1) is engine and a1111.Backend().text_engine(sdxl) is engine
-    assert a1111.Backend().text_engine(types.SimpleNamespace(sd_model=object())) is None
-    f = forge.Backend()
-    assert f.text_engine(types.SimpleNamespace(sd_model=types.SimpleNamespace(text_processing_engine=engine))) is engine
-    assert f.text_engine(types.SimpleNamespace(sd_model=types.SimpleNamespace(text_processing_engine_l=engine))) \
-        is engine
+    ns = types.SimpleNamespace
+    conditioner = ns(embedders=[object(), engine, object()])
+    assert prompt_engine(ns(cond_stage_model=engine)) is engine  # A1111, reForge SD1/SD2
+    assert prompt_engine(ns(cond_stage_model=None, conditioner=conditioner)) is engine  # A1111 SDXL
+    assert prompt_engine(ns(cond_stage_model=conditioner, conditioner=conditioner)) is engine  # reForge SDXL
+    assert prompt_engine(ns(text_processing_engine=engine)) is engine  # Forge SD1/SD2
+    assert prompt_engine(ns(text_processing_engine_l=engine, text_processing_engine_g=object())) is engine  # SDXL
+    assert prompt_engine(object()) is None
+    assert prompt_engine(ns(cond_stage_model=object(), conditioner=ns(embedders=[object()]))) is None
 
 
 def test_prompt_tokens_hf_and_open_clip_tokenizers():

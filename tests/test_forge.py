@@ -361,3 +361,15 @@ def test_word_weights_are_repeated_with_a_repeated_context(webui, txt2img, model
                           args=H.script_args(txt2img, enabled=True, word_weights="horse: 0"))
     assert seen and all(w.shape == (154,) for w in seen)
     assert seen[0][[2, 79]].tolist() == [0.0, 0.0] and float((seen[0] != 1).sum()) == 2
+
+
+def test_reforge_keeps_the_prompt_engine_as_cond_stage_model(webui, txt2img, model, token_weights_seen, monkeypatch):
+    """reForge (``modules_forge/forge_loader.py`` @ 3b56b268) has no ``text_processing_engine``: its hijacked
+    A1111 engine is ``cond_stage_model``. Word weights apply there and no notice says the tokens are unreadable."""
+    monkeypatch.delattr(model, "text_processing_engine")
+    weighted, p = forge_generate(webui, txt2img, model, [[(A, 1.0)]], [NEG], size=SIZE, steps=STEPS, texts=["a horse"],
+                                 args=H.script_args(txt2img, enabled=True, word_weights="horse: 0"))
+    assert token_weights_seen and token_weights_seen[0][2].item() == 0.0
+    assert "could not read the prompt's tokens" not in p.extra_generation_params.get(infotext.NOTICE_KEY, "")
+    plain_scfg, _ = generate(webui, txt2img, model)
+    assert not torch.equal(weighted, plain_scfg)

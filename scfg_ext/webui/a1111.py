@@ -17,16 +17,6 @@ from .session import Pass, restore_attr
 class Backend:
     repeat_context = False  # stack_conds pads a shorter cond with its last (padding) vector
 
-    def text_engine(self, p):
-        """The hijacked prompt engine (``modules/sd_hijack_clip.py``): ``sd_model.cond_stage_model`` (SD1, SD2),
-        or SDXL's first ``conditioner.embedders`` entry that is one (CLIP ViT-L)."""
-        model = p.sd_model
-        engine = getattr(model, "cond_stage_model", None)
-        if hasattr(engine, "tokenize_line"):
-            return engine
-        embedders = getattr(getattr(model, "conditioner", None), "embedders", None) or []
-        return next((e for e in embedders if hasattr(e, "tokenize_line")), None)
-
     def unsupported_reason(self, sd_model) -> str | None:
         if getattr(sd_model, "is_sd3", False):
             return "SD3 has no U-Net cross-attention"

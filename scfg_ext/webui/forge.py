@@ -41,12 +41,6 @@ class Backend:
     def __init__(self):
         self.steps: dict[int, Step] = {}  # id(Pass) -> its step in progress
 
-    def text_engine(self, p):
-        """``ClassicTextProcessingEngine`` of the model (``backend/diffusion_engine/sd15.py``, ``sd20.py``:
-        ``text_processing_engine``; ``sdxl.py``: ``text_processing_engine_l``, CLIP ViT-L)."""
-        model = p.sd_model
-        return getattr(model, "text_processing_engine", None) or getattr(model, "text_processing_engine_l", None)
-
     def unsupported_reason(self, sd_model) -> str | None:
         family = type(sd_model).__name__
         patcher = getattr(getattr(sd_model, "forge_objects", None), "unet", None)

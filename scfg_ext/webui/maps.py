@@ -4,8 +4,8 @@ per-token weights per cond row, and the pictures added to the gallery after the 
 Tokens: both WebUIs' prompt engines have ``tokenize_line(text) -> (chunks, token_count)`` with 77-id
 ``chunk.tokens`` (A1111 ``modules/sd_hijack_clip.py`` ``TextConditionalModel``; Forge
 ``backend/text_processing/classic_engine.py`` ``ClassicTextProcessingEngine``) and an HF CLIP tokenizer with
-``convert_ids_to_tokens`` (A1111 SD2's open_clip: its module's ``tokenizer.decoder``). The backend adapter says
-which engine a model has (``text_engine``).
+``convert_ids_to_tokens`` (A1111 SD2's open_clip: its module's ``tokenizer.decoder``). ``prompt_engine`` finds
+the engine by that capability wherever the fork keeps it.
 
 Gallery: A1111 1.10 has no place for extra pictures, so they are appended to ``processed.images`` after the
 results (after the grid is made: not in it; X/Y/Z takes each cell's first image) with the infotext of their image
@@ -92,12 +92,26 @@ def _batch_prompts(p) -> list[str]:
     return [str(x) for x in prompts or []]
 
 
-def pass_prompts(p, backend, notice: Callable[[str], None]) -> PassPrompts:
+def prompt_engine(sd_model):
+    """The model's CLIP prompt engine (what has ``tokenize_line``; for SDXL its CLIP ViT-L one), or None.
+
+    Where each WebUI keeps it: Forge 2 and Neo ``text_processing_engine`` (``backend/diffusion_engine/sd15.py``,
+    ``sd20.py``) or ``text_processing_engine_l`` (``sdxl.py``); A1111 and reForge the hijacked
+    ``cond_stage_model`` (SD1, SD2; ``modules/sd_hijack_clip.py``, reForge ``modules_forge/forge_loader.py``
+    wraps it as ``CLIP_SD_15_L``), for SDXL the first ``conditioner.embedders`` entry with ``tokenize_line``
+    (reForge: ``cond_stage_model`` is that conditioner)."""
+    candidates = [getattr(sd_model, "text_processing_engine", None), getattr(sd_model, "text_processing_engine_l", None),
+                  getattr(sd_model, "cond_stage_model", None)]
+    candidates += getattr(getattr(sd_model, "conditioner", None), "embedders", None) or []
+    return next((e for e in candidates if hasattr(e, "tokenize_line")), None)
+
+
+def pass_prompts(p, notice: Callable[[str], None]) -> PassPrompts:
     """The sub-prompts and tokens of the pass about to run; never raises (a notice says what is missing)."""
     out = PassPrompts(int(getattr(p, "iteration", 0) or 0), int(p.batch_size), bool(getattr(p, "is_hr_pass", False)))
     try:
         out.texts = [subprompts(prompt) for prompt in _batch_prompts(p)]
-        engine = backend.text_engine(p)
+        engine = prompt_engine(p.sd_model)
         if engine is None:
             raise LookupError("no CLIP prompt engine on this model")
         out.tokens = [[prompt_tokens(engine, text) for text in image] for image in out.texts]

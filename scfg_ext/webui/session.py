@@ -8,8 +8,6 @@ What differs between WebUIs is a small backend adapter (``a1111.Backend``, ``for
 * ``plan(current, params)``: the roles of this step's U-Net rows (``on_cfg_denoiser``), ``[]`` when the
   backend declares them per U-Net call, None when the batch can't be mapped (plain CFG for the step);
 * ``pass_notice(p, settings)``: what the user should know about this pass, or None;
-* ``text_engine(p)``: the WebUI's prompt tokenizer (``tokenize_line`` and ``tokenizer.convert_ids_to_tokens``,
-  see ``maps.prompt_tokens``), or None;
 * ``repeat_context``: whether the backend repeats a shorter cond to a common length (Forge) instead of
   padding it (A1111): how per-token word weights are fitted to the context.
 
@@ -51,7 +49,6 @@ class Backend(Protocol):
     def install(self, p, current: Pass) -> None: ...
     def plan(self, current: Pass, params) -> list | None: ...
     def pass_notice(self, p, settings: Settings) -> str | None: ...
-    def text_engine(self, p) -> Any: ...
     repeat_context: bool
 
 
@@ -179,7 +176,7 @@ class Session:
         entries = parse_weights(settings.word_weights)
         prompts = None
         if entries or settings.show_maps:
-            prompts = maps.pass_prompts(p, self.backend, warn)
+            prompts = maps.pass_prompts(p, warn)
         token_weights = maps.word_weights(prompts, entries, warn) if entries else None
         keeper = None
         if settings.show_maps:
