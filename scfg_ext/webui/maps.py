@@ -100,8 +100,8 @@ def prompt_engine(sd_model):
     ``cond_stage_model`` (SD1, SD2; ``modules/sd_hijack_clip.py``, reForge ``modules_forge/forge_loader.py``
     wraps it as ``CLIP_SD_15_L``), for SDXL the first ``conditioner.embedders`` entry with ``tokenize_line``
     (reForge: ``cond_stage_model`` is that conditioner)."""
-    candidates = [getattr(sd_model, "text_processing_engine", None), getattr(sd_model, "text_processing_engine_l", None),
-                  getattr(sd_model, "cond_stage_model", None)]
+    names = ("text_processing_engine", "text_processing_engine_l", "cond_stage_model")
+    candidates = [getattr(sd_model, name, None) for name in names]
     candidates += getattr(getattr(sd_model, "conditioner", None), "embedders", None) or []
     return next((e for e in candidates if hasattr(e, "tokenize_line")), None)
 
