@@ -373,3 +373,20 @@ def test_reforge_keeps_the_prompt_engine_as_cond_stage_model(webui, txt2img, mod
     assert "could not read the prompt's tokens" not in p.extra_generation_params.get(infotext.NOTICE_KEY, "")
     plain_scfg, _ = generate(webui, txt2img, model)
     assert not torch.equal(weighted, plain_scfg)
+
+
+def test_api_requests_get_the_maps_from_every_forks_api(webui, txt2img, model):
+    """Forge 2's API returns ``images + extra_images``, reForge's (``modules/api/api.py`` @ 3b56b268) only
+    ``images``: for an API request the maps go after the results in ``images``, with their infotexts."""
+    import modules.api.api as api_module
+
+    p = H.make_p(webui, txt2img, model, 2, size=SIZE, steps=STEPS,
+                 args=H.script_args(txt2img, enabled=True, show_maps=True))
+    p.is_api = True
+    _, p = forge_generate(webui, txt2img, model, *CASES["batch 2 + AND"], p=p,
+                          texts=["a horse AND a cat", "a dog AND a horse"])
+    processed = p.harness_processed
+    assert processed.extra_images == [] and len(processed.images) == 2 + 4 and len(processed.infotexts) == 6
+    assert processed.infotexts[2:] == [processed.infotexts[0]] * 2 + [processed.infotexts[1]] * 2
+    for forge_2 in (True, False):  # Forge 2, reForge
+        assert len(api_module.images_response(processed, forge=forge_2)["images"]) == 6

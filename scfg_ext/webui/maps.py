@@ -11,7 +11,10 @@ Gallery: A1111 1.10 has no place for extra pictures, so they are appended to ``p
 results (after the grid is made: not in it; X/Y/Z takes each cell's first image) with the infotext of their image
 appended to ``processed.infotexts``, so the UI's per-image indexing ("Save", the infotext under the picture)
 stays valid. Forge has ``processed.extra_images`` (``p.extra_result_images``), shown after the results and
-returned by its API after them: used when present (replaced by a longer list, never extended in place).
+returned by Forge 2's API after them (not by reForge's, ``modules/api/api.py`` @ 3b56b268 returns
+``processed.images``): used in the UI when present (replaced by a longer list, never extended in place); for an
+API request (``p.is_api``) the pictures go after the results in ``processed.images``, which every WebUI's API
+returns.
 Saved with the suffix ``-scfg-maps`` when the WebUI saves samples (``p.save_samples()``).
 """
 
@@ -190,10 +193,10 @@ def add_to_gallery(p, processed, kept: Sequence[PassMaps], settings) -> None:
     if not pictures:
         return
     extra = getattr(processed, "extra_images", None)
-    if isinstance(extra, list):  # Forge: shown and returned by the API after the results
+    if isinstance(extra, list) and not getattr(p, "is_api", False):  # Forge's UI shows them after the results
         # a new list: processed.extra_images is p.extra_result_images, which X/Y/Z cells (copies of p) share
         processed.extra_images = extra + pictures
-    else:  # A1111: after the results, each with its image's infotext (the UI indexes infotexts by picture)
+    else:  # A1111, and every API: after the results, each with its image's infotext (the UI indexes by picture)
         processed.images.extend(pictures)
         infotexts = getattr(processed, "infotexts", None)
         if isinstance(infotexts, list):
