@@ -399,6 +399,7 @@ def test_prompt_engine_of_each_webui_and_model_family():
     assert prompt_engine(ns(cond_stage_model=conditioner, conditioner=conditioner)) is engine  # reForge SDXL
     assert prompt_engine(ns(text_processing_engine=engine)) is engine  # Forge SD1/SD2
     assert prompt_engine(ns(text_processing_engine_l=engine, text_processing_engine_g=object())) is engine  # SDXL
+    assert prompt_engine(ns(text_processing_engine_g=engine)) is engine  # Forge Neo's SDXL refiner (OpenCLIP G)
     assert prompt_engine(object()) is None
     assert prompt_engine(ns(cond_stage_model=object(), conditioner=ns(embedders=[object()]))) is None
 

@@ -99,11 +99,11 @@ def prompt_engine(sd_model):
     """The model's CLIP prompt engine (what has ``tokenize_line``; for SDXL its CLIP ViT-L one), or None.
 
     Where each WebUI keeps it: Forge 2 and Neo ``text_processing_engine`` (``backend/diffusion_engine/sd15.py``,
-    ``sd20.py``) or ``text_processing_engine_l`` (``sdxl.py``); A1111 and reForge the hijacked
-    ``cond_stage_model`` (SD1, SD2; ``modules/sd_hijack_clip.py``, reForge ``modules_forge/forge_loader.py``
-    wraps it as ``CLIP_SD_15_L``), for SDXL the first ``conditioner.embedders`` entry with ``tokenize_line``
-    (reForge: ``cond_stage_model`` is that conditioner)."""
-    names = ("text_processing_engine", "text_processing_engine_l", "cond_stage_model")
+    ``sd20.py``), ``text_processing_engine_l`` (``sdxl.py``) or, for the SDXL refiner, ``text_processing_engine_g``;
+    A1111 and reForge the hijacked ``cond_stage_model`` (SD1, SD2; ``modules/sd_hijack_clip.py``, reForge
+    ``modules_forge/forge_loader.py`` wraps it as ``CLIP_SD_15_L``), for SDXL the first ``conditioner.embedders``
+    entry with ``tokenize_line`` (reForge: ``cond_stage_model`` is that conditioner)."""
+    names = ("text_processing_engine", "text_processing_engine_l", "text_processing_engine_g", "cond_stage_model")
     candidates = [getattr(sd_model, name, None) for name in names]
     candidates += getattr(getattr(sd_model, "conditioner", None), "embedders", None) or []
     return next((e for e in candidates if hasattr(e, "tokenize_line")), None)
