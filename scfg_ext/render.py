@@ -99,6 +99,17 @@ def _fit(text: str, size: int, width: int) -> str:
     return text + "…"
 
 
+def _wrap(text: str, size: int, width: int) -> list[str]:
+    """``text`` broken into lines of at most ``width`` px at word boundaries (a word wider than that is cut)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and text_size(f"{lines[-1]} {word}", size)[0] <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(_fit(word, size, width))
+    return lines or [""]
+
+
 def _text_px(image_size: tuple[int, int]) -> int:
     return min(44, max(12, round(min(image_size) / 28)))
 
@@ -198,14 +209,16 @@ def draw_region_map(image: Image.Image, regions: torch.Tensor, labels: Sequence[
     col_w = px + gap + max((text_size(t, px)[0] for t in texts), default=0) + 2 * pad
     cols = max(1, min(len(rows), (size[0] - pad) // max(col_w, 1)))
     n_rows = math.ceil(len(rows) / cols)
-    title_h = row_h if title else 0
+    title_lines = _wrap(title, px, size[0] - 2 * pad) if title else []
+    line_h = round(px * 1.25)
+    title_h = row_h + line_h * (len(title_lines) - 1) if title else 0
     out = Image.new("RGB", (size[0], size[1] + 2 * pad + title_h + n_rows * row_h), BG)
     out.paste(Image.fromarray(blended.numpy(), "RGB"), (0, 0))
     d = ImageDraw.Draw(out)
     top = size[1] + pad
-    if title:
-        draw_text(out, (pad, top), _fit(title, px, size[0] - 2 * pad), px, MUTED)
-        top += title_h
+    for i, line in enumerate(title_lines):  # wrapped, not cut: small images get two lines
+        draw_text(out, (pad, top + i * line_h), line, px, MUTED)
+    top += title_h
     entries = []
     for k, ((label, colour, tokens, share), text) in enumerate(zip(rows, texts, strict=True)):
         col, row = divmod(k, n_rows)
@@ -261,13 +274,15 @@ def draw_rate_map(rate: torch.Tensor, *, size: tuple[int, int] | None = None, ti
     px = _text_px(size)
     pad = max(4, px // 2)
     bar_h = px
-    caption = title or "S-CFG rate (scale = CFG x rate; 1 = plain CFG)"
-    title_h = round(px * 1.6)
+    caption = _wrap(title or "S-CFG rate (scale = CFG x rate; 1 = plain CFG)", px, size[0] - 2 * pad)
+    line_h = round(px * 1.25)
+    title_h = round(px * 1.6) + line_h * (len(caption) - 1)
     out = Image.new("RGB", (size[0], size[1] + 2 * pad + title_h + bar_h + pad // 2 + round(px * 1.4)), BG)
     out.paste(Image.fromarray(heat.numpy(), "RGB"), (0, 0))
     d = ImageDraw.Draw(out)
     top = size[1] + pad
-    draw_text(out, (pad, top), _fit(caption, px, size[0] - 2 * pad), px, MUTED)
+    for i, line in enumerate(caption):  # wrapped, not cut: small images get two lines
+        draw_text(out, (pad, top + i * line_h), line, px, MUTED)
     top += title_h
     x0, x1 = pad, size[0] - pad
     bar = colormap(torch.linspace(lo, hi, x1 - x0)[None].expand(bar_h, -1), lo, hi)

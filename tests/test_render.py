@@ -135,6 +135,35 @@ def test_long_labels_are_cut_to_fit():
     assert entries[0].text[2] <= 256 and out.width == 256
 
 
+@pytest.mark.parametrize("side", [128, 256])
+def test_titles_are_wrapped_never_cut(side, monkeypatch):
+    """At 256 px the rate map's default caption and a hires AND map's title need two lines: every word is
+    drawn, no line is wider than the picture, and the picture grows to hold the lines."""
+    drawn = []
+    original = render.draw_text
+
+    def spy(img, xy, text, size, fill=render.INK):
+        if fill == render.MUTED:  # the titles' colour
+            drawn.append((text, xy))
+        return original(img, xy, text, size, fill)
+
+    monkeypatch.setattr(render, "draw_text", spy)
+    caption = "S-CFG rate (scale = CFG x rate; 1 = plain CFG)"
+    title = "S-CFG: image 12, hires, AND 2, middle step"
+    for draw, kw in ((draw_rate_map, {"size": (side, side)}), (draw_region_map, {"title": title})):
+        drawn.clear()
+        if draw is draw_rate_map:
+            out, _ = draw(torch.rand(8, 8) + 0.5, **kw)
+            expected = caption
+        else:
+            out, _ = draw(Image.new("RGB", (side, side)), one_hot(torch.full((8, 8), 7)), token_labels(TOKENS), **kw)
+            expected = title
+        lines = list(drawn)
+        assert " ".join(text for text, _ in lines) == expected
+        assert len(lines) >= 2 and len({xy[1] for _, xy in lines}) == len(lines)
+        assert all(xy[0] + render.text_size(text, render._text_px((side, side)))[0] <= out.width for text, xy in lines)
+
+
 def test_region_map_checks_its_input():
     with pytest.raises(ValueError, match="one label per token"):
         region_map(Image.new("RGB", (64, 64)), one_hot(torch.zeros(8, 8, dtype=torch.long)), ["x"] * 5)
