@@ -37,6 +37,8 @@ CASES = {  # (prompts, negative prompts): per image, its (cond, weight) sub-prom
     "154-token prompt, 77-token negative": ([[(LONG, 1.0)]], [NEG]),
 }
 
+WEIGHTED_AND = "AND, a word weight on sub-prompt 2"
+
 # Forge built-ins' ways of patching the U-Net, as a neighbour extension (loaded before ours): a CFG function
 # (Dynamic Thresholding, forge_dynamic_thresholding.py), a post-CFG function that runs an extra uncond-only
 # U-Net call with an attention replace patch on the middle block (SAG, forge_sag.py:112-166)
@@ -94,9 +96,13 @@ def a1111_results(small_unet):
     """The A1111 route's images for every case, S-CFG on (computed before the WebUI is turned into Forge)."""
     webui = H.load_webui()
     runner, model = H.build_runner(webui), H.sd_model(small_unet)
-    return {name: H.generate(webui, runner, model, prompts, uncond, size=SIZE, steps=STEPS,
-                             args=H.script_args(runner, enabled=True))[0]
-            for name, (prompts, uncond) in CASES.items()}
+    results = {name: H.generate(webui, runner, model, prompts, uncond, size=SIZE, steps=STEPS,
+                                args=H.script_args(runner, enabled=True))[0]
+               for name, (prompts, uncond) in CASES.items()}
+    results[WEIGHTED_AND] = H.generate(webui, runner, model, *CASES["AND"], size=SIZE, steps=STEPS,
+                                       texts=["a horse AND " + "cat " * 20],
+                                       args=H.script_args(runner, enabled=True, word_weights="cat: 0"))[0]
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +188,23 @@ def test_enabled_equals_the_a1111_route(webui, txt2img, model, a1111_results, ca
     assert (on - plain).abs().max() > 1e-2
     assert close(on, a1111_results[case]), (on - a1111_results[case]).abs().max()
     assert p.extra_generation_params[infotext.ENABLED_KEY] == "True"
+    assert infotext.NOTICE_KEY not in p.extra_generation_params
+
+
+@pytest.mark.parametrize("chunks_per_call", [None, 1])
+def test_each_and_sub_prompt_keeps_its_own_word_weights(webui, txt2img, model, a1111_results, chunks_per_call):
+    """Forge batches a step's chunks in reverse (``backend/sampling/sampling_function.py``
+    ``calc_cond_uncond_batch``, ``to_batch_temp.reverse()``, @ dfdcbab, also in Neo and reForge's
+    ``ldm_patched/modules/samplers.py``): uncond, then sub-prompt n-1 ... 0, also when memory splits them. A
+    weight on a word of sub-prompt 2 (the stand-in U-Net's random context gives "cat" cells when it is repeated)
+    must act on sub-prompt 2's output, as on the A1111 route."""
+    sampling = __import__("backend.sampling.sampling_function", fromlist=["x"])
+    sampling.MAX_CHUNKS_PER_CALL = chunks_per_call
+    on, p = forge_generate(webui, txt2img, model, *CASES["AND"], size=SIZE, steps=STEPS,
+                           texts=["a horse AND " + "cat " * 20],
+                           args=H.script_args(txt2img, enabled=True, word_weights="cat: 0"))
+    assert not close(a1111_results[WEIGHTED_AND], a1111_results["AND"])  # the weight matters
+    assert close(on, a1111_results[WEIGHTED_AND]), (on - a1111_results[WEIGHTED_AND]).abs().max()
     assert infotext.NOTICE_KEY not in p.extra_generation_params
 
 

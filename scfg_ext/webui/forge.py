@@ -1,10 +1,12 @@
 """Forge adapter (Forge 2, Forge Classic, reForge): S-CFG rides on a clone of Forge's U-Net patcher.
 
 Forge never calls ``combine_denoised``: ``sampling_function`` runs the U-Net through ``calc_cond_uncond_batch``
-(``backend/sampling/sampling_function.py``), one call per batch of chunks, each chunk all images' rows of
-one entry: the uncond, or one ``AND`` sub-prompt. ``transformer_options["cond_or_uncond"]`` names the chunks
-(1 = uncond, 0 = cond); batched, the uncond comes first; under memory pressure the chunks go into separate
-calls; a prompt whose length can't be batched with the negative's runs first; at CFG 1 the uncond is not run.
+(``backend/sampling/sampling_function.py``), one call per batch of chunks, each chunk all images' rows of one
+entry: the uncond, or one ``AND`` sub-prompt. ``transformer_options["cond_or_uncond"]`` names the chunks (1 =
+uncond, 0 = cond); batched, the uncond comes first, then the sub-prompts from the last to the first (the batch
+list is reversed before it is cut to fit memory, so split calls keep that order); under memory pressure the chunks
+go into separate calls; a prompt whose length can't be batched with the negative's runs first; at CFG 1 the uncond
+is not run.
 
 Per pass, a U-Net function wrapper on a clone of ``forge_objects.unet`` (dropped with the clone: Forge
 resets ``forge_objects`` before every pass) declares each call's row roles to the capture and, once the
@@ -102,9 +104,10 @@ class Backend:
         for k, kind in enumerate(chunks):
             if kind == UNCOND:
                 roles += [Uncond(i) for i in range(b)]
-            else:
-                cond_chunks.append((k, step.conds_seen))
-                roles += [Cond(i, step.conds_seen) for i in range(b)]
+            else:  # Forge batches in reverse (to_batch_temp.reverse()): sub-prompt n-1 comes first, 0 last
+                j = step.conds_expected - 1 - step.conds_seen
+                cond_chunks.append((k, j))
+                roles += [Cond(i, j) for i in range(b)]
                 step.conds_seen += 1
         run.capture.plan_call(roles)
         out = run_unet()
