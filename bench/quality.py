@@ -4,11 +4,11 @@
     .venv/bin/python bench/quality.py --n 24     # quicker, wider intervals
 
 1. Region accuracy: IoU of S-CFG's token regions (each object = the cells of its colour and shape words; the
-   ground = its word's cells, when the caption names it) and of its foreground (the objects' union) with the
-   exact masks, at the noise levels of the first, middle and last step of a ``--steps`` Euler schedule, for
-   each self-attention refinement. The image is the ground-truth scene noised to that level (``x0 + sigma
-   eps``), so the masks are exact for what the model sees. Baselines: another scene's maps (what mixing up the
-   batch's images would score) and a region covering the whole image.
+   ground = its word's cells, when the caption names it) and of its foreground (against the union of the named
+   regions) with the exact masks, at the noise levels of the first, middle and last step of a ``--steps``
+   Euler schedule, for each self-attention refinement. The image is the ground-truth scene noised to that
+   level (``x0 + sigma eps``), so the masks are exact for what the model sees. Baselines: another scene's
+   maps (what mixing up the batch's images would score) and a region covering the whole image.
    1b. The same along a generation from noise (S-CFG, default settings), scored against the final image's
    own colour masks.
 2. The paper's observation (its Figure 1): the mean norm of the classifier score ``cond - uncond`` per

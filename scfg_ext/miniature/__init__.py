@@ -8,9 +8,11 @@
   at latent/4 and in the latent/8 middle block, the levels S-CFG reads; trained by ``bench/train_miniature.py``
   with SD's noise schedule, so k-diffusion's ``CompVisDenoiser`` samples it like SD.
 
-What it is evidence of: that S-CFG's machinery (capture, token regions, rates) runs on a real, *trained* ldm
-U-Net whose attention means something, and how well the token regions match exact ground-truth masks in a world
-where the right answer is known. What it is not: evidence about Stable Diffusion's quality, about real CLIP
-embeddings or about natural images; a model this small, trained for minutes on a CPU, binds words to regions far
-less cleanly than SD, so its numbers are a lower-level sanity check, not a stand-in for a user study.
+What it is evidence of: that S-CFG's machinery (capture, token regions, rates) reads the right maps from a real,
+*trained* ldm U-Net, in a world where the right answer is known exactly; and what S-CFG does to the guidance
+there. Its attention is grounded partly by training (``bench/train_miniature.py --grounding``: each word's
+cross-attention on its object, self-attention within segments), since a model this small trained for minutes
+does not grow the grounded attention large models have; so its region accuracy is not evidence about SD's
+attention. The classifier-score norms per region and the images are not supervised. Not evidence about Stable
+Diffusion's quality, real CLIP embeddings or natural images.
 """

@@ -7,7 +7,8 @@ tests and the demo; no WebUI imports).
   ``StepMaps`` (regions, foreground, rate per image) and the model outputs.
 * ``sample_recording``: text-to-image sampling, plain or S-CFG, keeping every step's ``StepMaps``.
 * ``object_ious`` / ``word_region``: each object's region = the cells owned by its words' tokens (colour and
-  shape), IoU with its mask at latent resolution; the foreground likewise against the union of the objects.
+  shape), IoU with its mask at latent resolution; the foreground likewise against the union of the named
+  regions (the objects, and the ground when the caption names it: S-CFG's foreground is what the words own).
 * ``region_norms``: the mean per-pixel channel norm of a map (``cond - uncond``, or the rate times it) over
   each ground-truth region: the paper's Figure 1 in numbers.
 * ``colour_masks``: masks of a *generated* image, one per prompted object, from the world's palette (the
@@ -167,7 +168,7 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
 class SceneScores:
     objects: list[float]  # IoU per object (caption order)
     ground: float | None  # IoU of the ground word's region with the ground mask (None: not named)
-    foreground: float  # IoU of S-CFG's foreground with the union of the objects
+    foreground: float  # IoU of S-CFG's foreground with the union of the named regions
 
 
 def scene_scores(maps: StepMaps, row: int, scene: W.Scene, masks: torch.Tensor | None = None) -> SceneScores:
@@ -180,7 +181,8 @@ def scene_scores(maps: StepMaps, row: int, scene: W.Scene, masks: torch.Tensor |
     objects = [iou(word_region(regions, positions[i]), masks[i]) for i in range(n)]
     ground = iou(word_region(regions, positions[n]), masks[n]) if positions[n] else None
     fg = maps.foreground[Cond(row)][0].cpu() > 0
-    return SceneScores(objects, ground, iou(fg, masks[:n].any(0)))
+    named = masks[: n + 1] if positions[n] else masks[:n]
+    return SceneScores(objects, ground, iou(fg, named.any(0)))
 
 
 def region_norms(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

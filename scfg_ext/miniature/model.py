@@ -40,7 +40,7 @@ EOT = "<|endoftext|>"
 END_OF_WORD = "</w>"
 WEIGHTS = Path(__file__).with_name("unet.safetensors")
 # sha256 of the committed WEIGHTS; bench/train_miniature.py --register writes it here
-WEIGHTS_SHA256: str | None = "e01f241728cf2c90cee4b35de06488be0a86394c25f8eaa281f13ce3da81f99c"
+WEIGHTS_SHA256: str | None = "f96f5b4fd4c1cc196dd733657e56eab77e55a1aef494b1bb6d5079be1f495ea7"
 LATENT_MAP = "rgb2x-1+zero"  # the latent map's name, stored with the weights
 
 DEFAULT_CONFIG: dict = {
