@@ -133,10 +133,13 @@ class Grounding:
         """``signal (B,)``: ``alphas_cumprod[t]``; ``captioned (B,)`` bool: the caption was not dropped."""
         out = {"token": [], "pixel": [], "self": []}
         w_token = named.float() * (captioned.float() * signal)[:, None]  # (B, T)
+        grids: dict[int, torch.Tensor] = {}  # per grid side: the layers of one level share it
         for m in self.layers["attn2"]:
             probs = self._probs(m)  # (B, S, T)
             side = math.isqrt(probs.shape[1])
-            grid = W.grid_fractions(words, side).flatten(2)  # (B, T, S)
+            if side not in grids:
+                grids[side] = W.grid_fractions(words, side).flatten(2)  # (B, T, S)
+            grid = grids[side]
             inside = torch.einsum("bst,bts->bt", probs, grid)
             frac = inside / probs.sum(1).clamp_min(1e-8)
             out["token"].append(((1 - frac) * w_token).sum() / w_token.sum().clamp_min(1e-8))

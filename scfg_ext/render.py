@@ -110,6 +110,12 @@ def _wrap(text: str, size: int, width: int) -> list[str]:
     return lines or [""]
 
 
+def _draw_lines(img: Image.Image, xy: tuple[int, int], lines: Sequence[str], size: int, fill) -> None:
+    """Draw ``lines`` (from ``_wrap``) one under the other from ``xy``, ``round(size * 1.25)`` px apart."""
+    for i, line in enumerate(lines):
+        draw_text(img, (xy[0], xy[1] + i * round(size * 1.25)), line, size, fill)
+
+
 def _text_px(image_size: tuple[int, int]) -> int:
     return min(44, max(12, round(min(image_size) / 28)))
 
@@ -209,15 +215,13 @@ def draw_region_map(image: Image.Image, regions: torch.Tensor, labels: Sequence[
     col_w = px + gap + max((text_size(t, px)[0] for t in texts), default=0) + 2 * pad
     cols = max(1, min(len(rows), (size[0] - pad) // max(col_w, 1)))
     n_rows = math.ceil(len(rows) / cols)
-    title_lines = _wrap(title, px, size[0] - 2 * pad) if title else []
-    line_h = round(px * 1.25)
-    title_h = row_h + line_h * (len(title_lines) - 1) if title else 0
+    title_lines = _wrap(title, px, size[0] - 2 * pad) if title else []  # wrapped, not cut
+    title_h = row_h + round(px * 1.25) * (len(title_lines) - 1) if title else 0
     out = Image.new("RGB", (size[0], size[1] + 2 * pad + title_h + n_rows * row_h), BG)
     out.paste(Image.fromarray(blended.numpy(), "RGB"), (0, 0))
     d = ImageDraw.Draw(out)
     top = size[1] + pad
-    for i, line in enumerate(title_lines):  # wrapped, not cut: small images get two lines
-        draw_text(out, (pad, top + i * line_h), line, px, MUTED)
+    _draw_lines(out, (pad, top), title_lines, px, MUTED)
     top += title_h
     entries = []
     for k, ((label, colour, tokens, share), text) in enumerate(zip(rows, texts, strict=True)):
@@ -274,15 +278,13 @@ def draw_rate_map(rate: torch.Tensor, *, size: tuple[int, int] | None = None, ti
     px = _text_px(size)
     pad = max(4, px // 2)
     bar_h = px
-    caption = _wrap(title or "S-CFG rate (scale = CFG x rate; 1 = plain CFG)", px, size[0] - 2 * pad)
-    line_h = round(px * 1.25)
-    title_h = round(px * 1.6) + line_h * (len(caption) - 1)
+    caption = _wrap(title or "S-CFG rate (scale = CFG x rate; 1 = plain CFG)", px, size[0] - 2 * pad)  # not cut
+    title_h = round(px * 1.6) + round(px * 1.25) * (len(caption) - 1)
     out = Image.new("RGB", (size[0], size[1] + 2 * pad + title_h + bar_h + pad // 2 + round(px * 1.4)), BG)
     out.paste(Image.fromarray(heat.numpy(), "RGB"), (0, 0))
     d = ImageDraw.Draw(out)
     top = size[1] + pad
-    for i, line in enumerate(caption):  # wrapped, not cut: small images get two lines
-        draw_text(out, (pad, top + i * line_h), line, px, MUTED)
+    _draw_lines(out, (pad, top), caption, px, MUTED)
     top += title_h
     x0, x1 = pad, size[0] - pad
     bar = colormap(torch.linspace(lo, hi, x1 - x0)[None].expand(bar_h, -1), lo, hi)
