@@ -44,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plain-every", type=int, default=10)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take")
     p.add_argument("--max-ramp-mib", type=float, default=300.0)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop starting new generations after this long and print the summary of those run")
     p.add_argument("--forge", action="store_true", help="send Forge's hires fields (hr_cfg, hr_additional_modules)")
     return p
 
@@ -138,14 +140,21 @@ def digest(response: dict) -> str:
 
 def interrupted(args, endpoint: str, payload: dict) -> tuple[int, dict, bool]:
     """Run ``payload`` in a thread, interrupt it once the server reports sampling; ``(status, body, sent)``."""
+    # The WebUI's state keeps the previous job's ``sampling_step`` after ``state.end()`` (only ``begin()`` resets
+    # it, and ``begin()`` also clears ``interrupted``), so wait for this job: a new ``job_timestamp`` while a job
+    # is running (``job`` set), then a sampling step. An interrupt sent earlier would be dropped by ``begin()``.
+    before = get(args.url, "/sdapi/v1/progress?skip_current_image=true").get("state", {}).get("job_timestamp")
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(r=post(args.url, f"/sdapi/v1/{endpoint}", payload,
                                                                   args.timeout)))
     worker.start()
     sent, deadline = False, time.monotonic() + args.timeout
     while worker.is_alive() and time.monotonic() < deadline:
-        progress = get(args.url, "/sdapi/v1/progress?skip_current_image=true")
-        if progress.get("state", {}).get("sampling_step", 0) >= 1:
+        try:
+            state = get(args.url, "/sdapi/v1/progress?skip_current_image=true").get("state", {})
+        except (OSError, ValueError):
+            state = {}
+        if state.get("job") and state.get("job_timestamp") != before and state.get("sampling_step", 0) >= 1:
             post(args.url, "/sdapi/v1/interrupt", None, 30.0)
             sent = True
             break
@@ -169,13 +178,25 @@ def main(argv=None) -> int:
     reference = digest(body)
     counts = dict.fromkeys(KINDS, 0)
     times: dict[str, list[float]] = {k: [] for k in KINDS}
+    interrupts_sent = 0
+    started, done = time.monotonic(), 0
+
+    def out_of_time() -> bool:
+        return args.max_minutes is not None and time.monotonic() - started > args.max_minutes * 60
+
     for i in range(1, args.n + 1):
+        if out_of_time():
+            print(f"stopped after {done} generations: --max-minutes {args.max_minutes:g} reached", flush=True)
+            break
+        done = i
         plain = i % args.plain_every == 0
         kind = "off" if plain else rng.choice(KINDS)
         endpoint, payload = ("txt2img", first_payload) if plain else request(kind, args, rng)
         t0 = time.perf_counter()
+        sent = None
         if kind == "interrupt":
             status, body, sent = interrupted(args, endpoint, payload)
+            interrupts_sent += bool(sent)
         else:
             status, body = post(args.url, f"/sdapi/v1/{endpoint}", payload, args.timeout)
         dt = time.perf_counter() - t0
@@ -200,11 +221,12 @@ def main(argv=None) -> int:
             problem = problem or "S-CFG on but not in the infotext"
         if problem:
             failures.append(f"#{i} {kind}: {problem}")
-        if plain or i == args.n:
+        if plain or i == args.n or out_of_time():
             rss = rss_mib(args.pid)
             if rss is not None:
                 memory.append((i, rss))
         print(f"#{i:3d} {kind:9s} HTTP {status} {dt:6.1f} s" + (f"  notice: {notice}" if notice else "")
+              + ("" if sent is None else f"  interrupt {'sent' if sent else 'NOT sent'}")
               + (f"  FAIL {problem}" if problem else "") + (f"  rss {memory[-1][1]:.0f} MiB" if plain and memory
                                                             else ""), flush=True)
     print("\nper kind (count, median s): " + ", ".join(
@@ -216,7 +238,8 @@ def main(argv=None) -> int:
               f"last quarter {last:.0f} vs second quarter {second:.0f} ({last - second:+.0f} MiB)")
         if last - second > args.max_ramp_mib:
             failures.append(f"resident memory ramps by {last - second:.0f} MiB")
-    print(f"{args.n} generations, {len(failures)} failure(s)" + "".join(f"\n  {f}" for f in failures))
+    print(f"interrupts sent: {interrupts_sent} of {counts['interrupt']}")
+    print(f"{done} generations, {len(failures)} failure(s)" + "".join(f"\n  {f}" for f in failures))
     return 1 if failures else 0
 
 
