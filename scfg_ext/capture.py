@@ -197,6 +197,7 @@ class AttentionCapture:
         self._per_factor: dict[int, int] = {}  # captured blocks per level
         self._left: dict[int, int] = {}  # blocks per level not yet complete in this call
         self._calls: list[_CallMaps] = []  # this step's accumulators, one per U-Net call
+        self._call_latents: set[tuple[int, int]] = set()  # latent sizes of this step's captured calls
         self.error: str | None = None  # why this step's maps are unusable, if they are
         # optional ``observer(layer, roles, self_attn, cross_attn)``: sees every captured layer's head-averaged
         # maps for the needed rows (tests, debugging, map galleries)
@@ -251,6 +252,7 @@ class AttentionCapture:
         self._plan = list(roles)
         self._cursor = 0
         self._calls = []
+        self._call_latents = set()
         self._call = None
         self._drop()
         self.error = None
@@ -272,6 +274,7 @@ class AttentionCapture:
         self._call = call if call.rows else None
         if self._call is not None:
             self._calls.append(call)
+            self._call_latents.add(self._latent)
 
     def _fail(self, message: str) -> None:
         self.error = message
@@ -459,9 +462,14 @@ class AttentionCapture:
         that row is missing this step) from the cond row itself. Empty if the step's maps are unusable."""
         if self._call is not None:  # the U-Net's forward hook did not run (a wrapper called forward directly)
             self._on_unet_done(None, None, None)
+        size = tuple(latent_size) if latent_size is not None else self._latent
+        tiles = self._call_latents - {size}
+        if tiles and not self.error:  # MultiDiffusion-style wrappers run the U-Net on parts of the latent
+            h, w = next(iter(tiles))
+            self._fail(f"the U-Net ran on {h}x{w} tiles of the {size[0]}x{size[1]} latent (a tiling extension "
+                       "such as MultiDiffusion): S-CFG needs the whole latent in one call")
         if self.error or self._latent is None:
             return {}
-        size = tuple(latent_size) if latent_size is not None else self._latent
         expected = len(self.layers)
         tokens: dict[Cond, torch.Tensor] = {}
         pairs: dict[Role, torch.Tensor] = {}

@@ -176,10 +176,10 @@ class ScfgRun:
         ``(C, H, W)``; ``uncond`` has one row per image) that S-CFG can guide this step; empty = plain CFG."""
         if not self.active:
             return {}
-        if self.capture.error:
-            self.warn_once(f"S-CFG skipped a step: {self.capture.error}")
         started = time.perf_counter()
         maps = self.capture.masks(uncond.shape[-2:])
+        if self.capture.error:
+            self.warn_once(f"S-CFG skipped a step: {self.capture.error}")
         s = self.settings
         out: dict[Cond, torch.Tensor] = {}
         kept = StepMaps({}, {}, {}) if self.keep_maps else None

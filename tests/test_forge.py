@@ -337,6 +337,31 @@ def test_a_wrapper_set_after_ours_is_reported(webui, txt2img, model, monkeypatch
     assert "replaced S-CFG's U-Net function wrapper" in p.extra_generation_params[infotext.NOTICE_KEY]
 
 
+def test_a_tiling_wrapper_under_ours_steps_aside(webui, txt2img, model, monkeypatch):
+    """MultiDiffusion set before S-CFG (Neo 283cb2c4, ``extensions-builtin/sd_forge_multidiffusion/
+    lib_multidiffusion/tiled_diffusion.py``: ``TiledDiffusion.apply`` sets ``MultiDiffusion.__call__`` as the
+    wrapper, which S-CFG's then wraps; it runs ``model_function`` on batches of tiles cut from ``args["input"]``,
+    ``x_tile_out[i*N:(i+1)*N]`` being tile i). Maps of a tile are not the image's: S-CFG steps aside, named."""
+    def multidiffusion(model_function, args):  # two 16x8 tiles in one batch, no overlap
+        x, n = args["input"], args["input"].shape[0]
+        half = x.shape[-1] // 2
+        tiles = [(..., slice(None), slice(0, half)), (..., slice(None), slice(half, None))]
+        c = {**args["c"], "c_crossattn": args["c"]["c_crossattn"].repeat(2, 1, 1)}
+        out = model_function(torch.cat([x[t] for t in tiles]), args["timestep"].repeat(2), **c)
+        stitched = torch.zeros_like(x)
+        for i, t in enumerate(tiles):
+            stitched[t] = out[i * n:(i + 1) * n]
+        return stitched
+
+    monkeypatch.setitem(model.forge_objects_after_applying_lora.unet.model_options, "model_function_wrapper",
+                        multidiffusion)
+    tiled, _ = generate(webui, None, model)
+    on, p = generate(webui, txt2img, model)
+    assert torch.equal(on, tiled)
+    notice = p.extra_generation_params[infotext.NOTICE_KEY]
+    assert "the U-Net ran on 16x8 tiles of the 16x16 latent (a tiling extension such as MultiDiffusion)" in notice
+
+
 def test_maps_go_to_forges_extra_images(webui, txt2img, model):
     """Forge: the pictures go to ``processed.extra_images`` (= ``p.extra_result_images``), which its UI shows and
     its API returns after the results; ``images``, seeds and infotexts are the results' alone. Batch 2 with AND
