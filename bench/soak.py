@@ -139,7 +139,8 @@ def digest(response: dict) -> str:
 
 
 def interrupted(args, endpoint: str, payload: dict) -> tuple[int, dict, bool]:
-    """Run ``payload`` in a thread, interrupt it once the server reports sampling; ``(status, body, sent)``."""
+    """Run ``payload`` in a thread, interrupt it once the server reports sampling; ``(status, body, taken)``,
+    ``taken``: the interrupt was sent during this job and the server still shows it interrupted afterwards."""
     # The WebUI's state keeps the previous job's ``sampling_step`` after ``state.end()`` (only ``begin()`` resets
     # it, and ``begin()`` also clears ``interrupted``), so wait for this job: a new ``job_timestamp`` while a job
     # is running (``job`` set), then a sampling step. An interrupt sent earlier would be dropped by ``begin()``.
@@ -162,6 +163,8 @@ def interrupted(args, endpoint: str, payload: dict) -> tuple[int, dict, bool]:
     worker.join(max(0.0, deadline - time.monotonic()))
     if "r" not in result:
         return 0, {"detail": "no answer"}, sent
+    if sent:  # ``state.interrupted`` stays set until the next job's ``begin()``: proof the interrupt took
+        sent = bool(get(args.url, "/sdapi/v1/progress?skip_current_image=true").get("state", {}).get("interrupted"))
     return *result["r"], sent
 
 
@@ -178,7 +181,7 @@ def main(argv=None) -> int:
     reference = digest(body)
     counts = dict.fromkeys(KINDS, 0)
     times: dict[str, list[float]] = {k: [] for k in KINDS}
-    interrupts_sent = 0
+    interrupts_taken = 0
     started, done = time.monotonic(), 0
 
     def out_of_time() -> bool:
@@ -196,7 +199,7 @@ def main(argv=None) -> int:
         sent = None
         if kind == "interrupt":
             status, body, sent = interrupted(args, endpoint, payload)
-            interrupts_sent += bool(sent)
+            interrupts_taken += bool(sent)
         else:
             status, body = post(args.url, f"/sdapi/v1/{endpoint}", payload, args.timeout)
         dt = time.perf_counter() - t0
@@ -226,7 +229,7 @@ def main(argv=None) -> int:
             if rss is not None:
                 memory.append((i, rss))
         print(f"#{i:3d} {kind:9s} HTTP {status} {dt:6.1f} s" + (f"  notice: {notice}" if notice else "")
-              + ("" if sent is None else f"  interrupt {'sent' if sent else 'NOT sent'}")
+              + ("" if sent is None else f"  interrupt {'taken' if sent else 'NOT taken'}")
               + (f"  FAIL {problem}" if problem else "") + (f"  rss {memory[-1][1]:.0f} MiB" if plain and memory
                                                             else ""), flush=True)
     print("\nper kind (count, median s): " + ", ".join(
@@ -238,7 +241,7 @@ def main(argv=None) -> int:
               f"last quarter {last:.0f} vs second quarter {second:.0f} ({last - second:+.0f} MiB)")
         if last - second > args.max_ramp_mib:
             failures.append(f"resident memory ramps by {last - second:.0f} MiB")
-    print(f"interrupts sent: {interrupts_sent} of {counts['interrupt']}")
+    print(f"interrupts taken: {interrupts_taken} of {counts['interrupt']}")
     print(f"{done} generations, {len(failures)} failure(s)" + "".join(f"\n  {f}" for f in failures))
     return 1 if failures else 0
 
