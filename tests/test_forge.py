@@ -355,6 +355,7 @@ def test_a_tiling_wrapper_under_ours_steps_aside(webui, txt2img, model, monkeypa
 
     monkeypatch.setitem(model.forge_objects_after_applying_lora.unet.model_options, "model_function_wrapper",
                         multidiffusion)
+    monkeypatch.setattr(model, "forge_objects", model.forge_objects_after_applying_lora.shallow_copy())  # as MD sets it
     tiled, _ = generate(webui, None, model)
     on, p = generate(webui, txt2img, model)
     assert torch.equal(on, tiled)
