@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="bf16 autocast for the network's forward (fp32 weights, optimizer and loss)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(MM.WEIGHTS))
+    p.add_argument("--out", default=None, help="default: the committed weights' path of --arch")
     p.add_argument("--save-every", type=float, default=10.0, help="minutes between checkpoints (to --out)")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--init", default=None,
@@ -91,22 +91,44 @@ class Grounding:
     Each weighted by the signal fraction ``alphas_cumprod[t]`` of the sample (at pure noise the layout is not
     yet decided: there is nothing to ground) and summed."""
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, start_token: bool = True):
+        self.start_token = start_token
+        self.seen: dict[int, dict[str, torch.Tensor]] = {}
+        if hasattr(net, "blocks"):  # the miniature DiT: q and k as its attention function receives them
+            self.layers = {"attn1": [b.self_attn for b in net.blocks], "attn2": [b.cross_attn for b in net.blocks]}
+            self._watch_attention_function()
+            return
         self.layers = {kind: [m for name, m in net.named_modules()
                               if name.endswith(kind) and hasattr(m, "to_q") and hasattr(m, "to_k")]
                        for kind in ("attn1", "attn2")}
         if not self.layers["attn2"]:
             raise SystemExit("--grounding: the network has no cross-attention modules named attn2")
-        self.seen: dict[int, dict[str, torch.Tensor]] = {}
         for m in self.layers["attn1"] + self.layers["attn2"]:
             m.to_q.register_forward_hook(lambda mod, a, out, m=m: self.seen.setdefault(id(m), {}).update(q=out))
             m.to_k.register_forward_hook(lambda mod, a, out, m=m: self.seen.setdefault(id(m), {}).update(k=out))
 
-    @staticmethod
-    def targets(scenes, context: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _watch_attention_function(self) -> None:
+        from scfg_ext.miniature import dit
+
+        inner, current = dit.attention_function, []
+
+        def recording(q, k, v, heads, *args, **kwargs):
+            if current:  # (B, H, L, D) -> (B, L, H * D), the U-Net's projection layout
+                self.seen[id(current[-1])] = {"q": q.transpose(1, 2).flatten(2), "k": k.transpose(1, 2).flatten(2)}
+            return inner(q, k, v, heads, *args, **kwargs)
+
+        def leave(module, args, output) -> None:
+            current.pop()
+
+        dit.attention_function = recording
+        for m in self.layers["attn1"] + self.layers["attn2"]:
+            m.register_forward_pre_hook(lambda mod, a: current.append(mod))
+            m.register_forward_hook(leave)
+
+    def targets(self, scenes, context: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each token's mask at its context position ``(B, T, H, W)`` (a ground the caption does not name goes
-        to the start token, SD's background sink), which positions have one ``(B, T)``, and each scene's
-        segments ``(B, 4, H, W)`` (objects, ground, zero padding)."""
+        to the start token, SD's background sink; without a start token it has no target), which positions
+        have one ``(B, T)``, and each scene's segments ``(B, 4, H, W)`` (objects, ground, zero padding)."""
         words = torch.zeros(len(scenes), context, W.SIZE, W.SIZE)
         named = torch.zeros(len(scenes), context, dtype=torch.bool)
         segments = torch.zeros(len(scenes), 4, W.SIZE, W.SIZE)
@@ -114,19 +136,20 @@ class Grounding:
             masks = scene.masks().float()
             segments[b, : len(masks)] = masks
             targets = scene.word_targets()
+            first = int(self.start_token)
             for k, target in enumerate(targets):
                 if target is not None:
-                    words[b, k + 1], named[b, k + 1] = masks[target], True
-            if len(scene.objects) not in targets:
+                    words[b, k + first], named[b, k + first] = masks[target], True
+            if self.start_token and len(scene.objects) not in targets:
                 words[b, 0], named[b, 0] = masks[-1], True
         return words, named, segments
 
     def _probs(self, m) -> torch.Tensor:
         q, k = self.seen[id(m)]["q"].float(), self.seen[id(m)]["k"].float()
         b, n, c = q.shape
-        h = m.heads
+        h = getattr(m, "heads", None) or m.n_heads
         sim = torch.einsum("bhsd,bhtd->bhst", q.view(b, n, h, c // h).transpose(1, 2),
-                           k.view(b, -1, h, c // h).transpose(1, 2)) * m.scale
+                           k.view(b, -1, h, c // h).transpose(1, 2)) * (c // h) ** -0.5
         return sim.softmax(-1).mean(1)  # (B, S, T)
 
     def loss(self, words, named, segments, signal, captioned) -> dict[str, torch.Tensor]:
@@ -147,7 +170,8 @@ class Grounding:
             area = grid.amax(1)  # (B, S)
             share = inside.sum(1) / area.sum(1).clamp_min(1e-8)
             w_pixel = captioned.float() * signal * (area.sum(1) > 0).float()
-            out["pixel"].append(((1 - share.clamp(max=1)) * w_pixel).sum() / w_pixel.sum().clamp_min(1e-8))
+            if self.start_token:  # without one, where the unnamed ground attends is left to the model
+                out["pixel"].append(((1 - share.clamp(max=1)) * w_pixel).sum() / w_pixel.sum().clamp_min(1e-8))
         for m in self.layers["attn1"]:
             probs = self._probs(m)  # (B, S, S)
             f = W.grid_fractions(segments, math.isqrt(probs.shape[1])).flatten(2)  # (B, G, S)
@@ -165,13 +189,12 @@ def lr_at(step: int, args) -> float:
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * f))
 
 
-def register(sha: str) -> None:
+def register(sha: str, name: str = "WEIGHTS_SHA256") -> None:
     path = Path(MM.__file__)
     text = path.read_text()
-    new, n = re.subn(r"^WEIGHTS_SHA256: str \| None = .*$", f'WEIGHTS_SHA256: str | None = "{sha}"', text,
-                     count=1, flags=re.M)
+    new, n = re.subn(rf"^{name}: str \| None = .*$", f'{name}: str | None = "{sha}"', text, count=1, flags=re.M)
     if n != 1:
-        raise RuntimeError(f"could not find the WEIGHTS_SHA256 line in {path}")
+        raise RuntimeError(f"could not find the {name} line in {path}")
     path.write_text(new)
     print(f"registered sha256 {sha} in {path}", flush=True)
 
@@ -211,8 +234,9 @@ def main(argv=None) -> None:
         raise SystemExit(f"--seed {EVAL_STREAM} is the evaluation stream (bench/quality.py, tests): train on another")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = copy.deepcopy(MM.DEFAULT_CONFIG)
+    config = copy.deepcopy(MM.DIT_CONFIG if args.arch == "anima" else MM.DEFAULT_CONFIG)
     config["arch"] = args.arch
+    out = Path(args.out or (MM.DIT_WEIGHTS if args.arch == "anima" else MM.WEIGHTS))
     if args.channels:
         config["net"]["model_channels"] = args.channels
     text_encoder, net = MM.build(config, seed=args.seed)
@@ -244,12 +268,11 @@ def main(argv=None) -> None:
     betas = torch.as_tensor(make_beta_schedule(s["kind"], s["steps"], s["beta_start"], s["beta_end"]),
                             dtype=torch.float32)
     alphas_cumprod = torch.cumprod(1 - betas, 0)
-    tokenizer = MM.Tokenizer(config["vocab"])
+    tokenizer = MM.tokenizer_for(config)
     empty = tokenizer.encode("")[0]
     g = torch.Generator().manual_seed(args.seed + 1)
     autocast = (lambda: torch.autocast("cpu", torch.bfloat16)) if args.bf16 else contextlib.nullcontext
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     training = {"args": vars(args), "parameters": n_text + n_net}
     start = time.perf_counter()
@@ -257,7 +280,7 @@ def main(argv=None) -> None:
     t_log, loss_sum, loss_n = start, 0.0, 0
     step = 0
     sha = None
-    grounding = Grounding(net) if args.grounding > 0 else None
+    grounding = Grounding(net, tokenizer.start) if args.grounding > 0 else None
     ground_sum: dict[str, float] = {}
     while step < args.steps and time.perf_counter() - start < args.minutes * 60:
         images, captions, scenes = W.batch(args.seed, step * args.batch, args.batch)
@@ -310,10 +333,12 @@ def main(argv=None) -> None:
     print(f"done: {step} steps in {minutes:.1f} min; wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)", flush=True)
     print(f"sha256 {sha}", flush=True)
     if args.register:
-        if out.resolve() != MM.WEIGHTS.resolve():
+        dit = args.arch == "anima"
+        default, name = (MM.DIT_WEIGHTS, "DIT_WEIGHTS_SHA256") if dit else (MM.WEIGHTS, "WEIGHTS_SHA256")
+        if out.resolve() != default.resolve():
             print("--register ignored: --out is not the default weights path", flush=True)
         else:
-            register(sha)
+            register(sha, name)
     if args.sample_check:
         te, un, meta = MM.load(out, sha256=sha)
         sample_check(te, un, meta.tokenizer, args.sample_check, png=args.sample_png)

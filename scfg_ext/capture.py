@@ -25,6 +25,8 @@ U-Net calls, AND prompts give several cond rows per image and the uncond rows ma
 from __future__ import annotations
 
 import functools
+import sys
+import types
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,26 +61,57 @@ Role = Cond | Uncond
 
 @dataclass
 class AttentionLayer:
-    """A transformer block to capture: its self- and cross-attention modules and its downsampling factor."""
+    """A transformer block to capture: its self- and cross-attention modules and its downsampling factor.
+
+    ``function``: for a diffusion transformer, the module whose global ``attention_function`` the attention
+    modules call (q and k are taken there, as the attention uses them); None for a U-Net block, whose q and k
+    are the outputs of ``to_q``/``to_k``."""
 
     name: str
     attn1: torch.nn.Module
     attn2: torch.nn.Module
     factor: int
+    function: types.ModuleType | None = None
 
 
 def _has_class(module: torch.nn.Module, name: str) -> bool:
     return any(type(m).__name__ == name for m in module.modules())
 
 
+ATTENTION_FUNCTION = "attention_function"  # the name Forge Neo's DiT modules call (backend.attention's)
+
+
+def find_dit_layers(net: torch.nn.Module) -> list[AttentionLayer]:
+    """The blocks of an Anima-type diffusion transformer (Forge Neo ``backend/nn/anima.py``: ``blocks[i]`` with a
+    ``self_attn`` and a ``cross_attn`` that call their module's ``attention_function``); empty for any other
+    network. The factor is the patch size: one image token per ``patch x patch`` latent cells."""
+    blocks = getattr(net, "blocks", None)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        return []
+    patch = getattr(net, "patch_spatial", None)
+    found = []
+    for i, block in enumerate(blocks):
+        attn1, attn2 = getattr(block, "self_attn", None), getattr(block, "cross_attn", None)
+        if attn1 is None or attn2 is None or not isinstance(patch, int):
+            return []
+        module = sys.modules.get(type(attn1).__module__)
+        if not callable(getattr(module, ATTENTION_FUNCTION, None)):
+            return []
+        found.append(AttentionLayer(f"blocks.{i}", attn1, attn2, patch, module))
+    return found
+
+
 def find_attention_layers(unet: torch.nn.Module, factors: Sequence[int] = (4, 8)) -> list[AttentionLayer]:
-    """Transformer blocks of an ldm/sgm ``UNetModel`` at the given downsampling factors.
+    """Transformer blocks of an ldm/sgm ``UNetModel`` at the given downsampling factors, or every block of an
+    Anima-type diffusion transformer (``find_dit_layers``).
 
     The factor is read off the architecture (a ``Downsample`` doubles it, an ``Upsample`` halves it), not
     off tensor sizes, so a U-Net whose internal sizes another extension changes (Kohya deep shrink) shows
     up as a shape mismatch instead of silently wrong maps. SD1/SD2: five latent/4 blocks and the latent/8
     middle block; SDXL: its latent/4 blocks only (it has no latent/8 attention).
     """
+    if not hasattr(unet, "input_blocks"):
+        return find_dit_layers(unet)
     found: list[AttentionLayer] = []
 
     def collect(block: torch.nn.Module, prefix: str, factor: int) -> None:
@@ -146,6 +179,7 @@ class _Group:
     scale2: float  # cross-attention scale
     stash_bytes: int  # one layer's four projections
     factor: int  # downsampling level
+    split: bool  # stashed as (batch, heads, tokens, head dim), not (batch, tokens, channels)
 
     def work_bytes(self) -> tuple[int, int, int]:
         """Float32 bytes per layer: (the head-split copy + the head-averaged self map, the cross scores and
@@ -173,15 +207,27 @@ class AttentionCapture:
 
     ``memory_budget``: bytes the stash and its processing may hold at once (default: ``BUDGET_FRACTION`` of
     the U-Net's parameter bytes, at least ``MIN_BUDGET_BYTES``); above it the layers are processed in chunks.
+
+    ``background``: the tokens whose maps make the background of the foreground split (``BACKGROUNDS``; default
+    ``"start"`` on a U-Net, ``"null"`` on a diffusion transformer). ``blocks``: the indices of the transformer
+    blocks a diffusion transformer is read at (default all).
     """
 
-    def __init__(self, refine: str = "official", foreground: str = "cond", memory_budget: int | None = None) -> None:
+    def __init__(self, refine: str = "official", foreground: str = "cond", memory_budget: int | None = None,
+                 background: str | None = None, blocks: Sequence[int] | None = None) -> None:
         if refine not in M.REFINE_MODES:
             raise ValueError(f"refine must be one of {M.REFINE_MODES}, got {refine!r}")
         if foreground not in ("cond", "uncond"):
             raise ValueError(f"foreground must be 'cond' or 'uncond', got {foreground!r}")
+        if background is not None and background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {tuple(BACKGROUNDS)}, got {background!r}")
         self.refine = refine
         self.foreground = foreground
+        self.background_choice = background
+        self.background = background or "start"
+        self.blocks = None if blocks is None else set(blocks)
+        self._armed: tuple[int, int] | None = None  # (layer, slot of its q) while a DiT attention module runs
+        self._functions: list[tuple[types.ModuleType, object]] = []  # (module, the wrapper installed in it)
         self.memory_budget = memory_budget
         self.budget = memory_budget or MIN_BUDGET_BYTES
         self.layers: list[AttentionLayer] = []
@@ -217,6 +263,10 @@ class AttentionCapture:
         self.detach()
         try:
             self.layers = find_attention_layers(unet)
+            dit = any(layer.function is not None for layer in self.layers)
+            if dit and self.blocks is not None:
+                self.layers = [layer for i, layer in enumerate(self.layers) if i in self.blocks]
+            self.background = self.background_choice or ("null" if dit else "start")
             self._per_factor = {}
             for layer in self.layers:
                 self._per_factor[layer.factor] = self._per_factor.get(layer.factor, 0) + 1
@@ -226,6 +276,12 @@ class AttentionCapture:
             self._handles.append(unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True))
             self._handles.append(unet.register_forward_hook(self._on_unet_done))
             for i, layer in enumerate(self.layers):
+                if layer.function is not None:
+                    self._wrap_attention_function(layer.function)
+                    for slot, attn in ((0, layer.attn1), (2, layer.attn2)):
+                        self._handles.append(attn.register_forward_pre_hook(self._arm(i, slot)))
+                        self._handles.append(attn.register_forward_hook(self._disarm))
+                    continue
                 for slot, proj in enumerate((layer.attn1.to_q, layer.attn1.to_k, layer.attn2.to_q, layer.attn2.to_k)):
                     self._handles.append(proj.register_forward_hook(self._stash_hook(i, slot)))
             yield self
@@ -236,8 +292,40 @@ class AttentionCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for module, wrapper in self._functions:
+            if getattr(module, ATTENTION_FUNCTION, None) is wrapper:
+                setattr(module, ATTENTION_FUNCTION, wrapper.__wrapped__)
+        self._functions.clear()
+        self._armed = None
         self._drop()
         self._plan = []
+
+    def _wrap_attention_function(self, module: types.ModuleType) -> None:
+        """Replace ``module.attention_function`` (restored by ``detach``) with one that hands q and k of an armed
+        call to the stash and then runs the function it replaced, unchanged."""
+        if any(m is module for m, _ in self._functions):
+            return
+        inner = getattr(module, ATTENTION_FUNCTION)
+
+        @functools.wraps(inner)
+        def attention_function(q, k, v, heads, *args, **kwargs):
+            armed, self._armed = self._armed, None
+            if armed is not None:
+                self._stash(armed[0], armed[1], q)
+                self._stash(armed[0], armed[1] + 1, k)
+            return inner(q, k, v, heads, *args, **kwargs)
+
+        setattr(module, ATTENTION_FUNCTION, attention_function)
+        self._functions.append((module, attention_function))
+
+    def _arm(self, i: int, slot: int):
+        def hook(module, args):
+            self._armed = (i, slot) if self._call is not None and not self.error else None
+
+        return hook
+
+    def _disarm(self, module, args, output) -> None:
+        self._armed = None
 
     def _drop(self) -> None:
         self._open.clear()
@@ -292,24 +380,29 @@ class AttentionCapture:
 
     def _stash_hook(self, i: int, slot: int):
         def hook(module, args, output):
-            if self._call is None or self.error:
-                return
-            try:
-                slots = self._open.get(i)
-                if slots is None:
-                    slots = self._open[i] = [None] * _SLOTS
-                if slots[slot] is not None:
-                    name = ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k")[slot]
-                    self._fail(f"{self.layers[i].name}.{name} ran more than once in one U-Net call")
-                    return
-                slots[slot] = output
-                if all(s is not None for s in slots):
-                    del self._open[i]
-                    self._complete(i, slots)
-            except Exception as e:  # noqa: BLE001 - a capture problem must never fail the user's image
-                self._fail(f"attention capture failed ({type(e).__name__}: {e})")
+            self._stash(i, slot, output)
 
         return hook
+
+    def _stash(self, i: int, slot: int, output) -> None:
+        if self._call is None or self.error:
+            return
+        try:
+            slots = self._open.get(i)
+            if slots is None:
+                slots = self._open[i] = [None] * _SLOTS
+            if slots[slot] is not None:
+                name = ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k")[slot]
+                if self.layers[i].function is not None:
+                    name = ("self-attention", "", "cross-attention", "")[slot & 2]
+                self._fail(f"{self.layers[i].name}.{name} ran more than once in one U-Net call")
+                return
+            slots[slot] = output
+            if all(s is not None for s in slots):
+                del self._open[i]
+                self._complete(i, slots)
+        except Exception as e:  # noqa: BLE001 - a capture problem must never fail the user's image
+            self._fail(f"attention capture failed ({type(e).__name__}: {e})")
 
     def _check(self, layer: AttentionLayer, n: int) -> tuple[int, int] | None:
         h, w = M.grid_size(self._latent, layer.factor)
@@ -325,36 +418,44 @@ class AttentionCapture:
         """All four projections of layer ``i`` are in: check their shapes and queue the layer."""
         layer, call = self.layers[i], self._call
         q1, k1, q2, k2 = tensors
-        if not all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in tensors):
-            self._fail(f"the attention projections of {layer.name} are not (batch, tokens, channels) tensors")
+        split = layer.function is not None  # a DiT's attention function gets (batch, heads, tokens, head dim)
+        if not all(isinstance(t, torch.Tensor) and t.dim() == 3 + split for t in tensors):
+            shape = "(batch, heads, tokens, head dim)" if split else "(batch, tokens, channels)"
+            self._fail(f"the attention q and k of {layer.name} are not {shape} tensors")
             return
-        b, n, c = q1.shape
+        if split:
+            b, heads, n, d = q1.shape
+            c, t = heads * d, k2.shape[2]
+            fits = k2.shape[:2] == (b, heads) and k2.shape[3] == d
+        else:
+            b, n, c = q1.shape
+            heads, t = layer.attn1.heads, k2.shape[1]
+            fits = k2.shape[0] == b and k2.shape[2] == c and layer.attn2.heads == heads
         if k1.shape != q1.shape:
             # e.g. reference-only ControlNet: extra keys appended to the self-attention context
             self._fail(f"self-attention keys {tuple(k1.shape)} of {layer.name} do not match its queries "
                        f"{tuple(q1.shape)} (another extension changed them)")
             return
-        if q2.shape != q1.shape or k2.shape[0] != b or k2.shape[2] != c or b != len(call.roles):
+        if q2.shape != q1.shape or not fits or b != len(call.roles):
             self._fail(f"unexpected attention shapes in {layer.name}: q {tuple(q2.shape)}, k {tuple(k2.shape)}, "
                        f"{len(call.roles)} rows")
             return
         hw = self._check(layer, n)
         if hw is None:
             return
-        heads = layer.attn1.heads
-        if layer.attn2.heads != heads or c % heads:
+        if c % heads:
             self._fail(f"{layer.name}: {c} channels do not split into {heads} heads")
             return
         d = c // heads
         scale1 = getattr(layer.attn1, "scale", d**-0.5)
         scale2 = getattr(layer.attn2, "scale", d**-0.5)
-        key = (n, c, k2.shape[1], heads, q1.dtype, q1.device, hw, scale1, scale2)
+        key = (n, c, t, heads, q1.dtype, q1.device, hw, scale1, scale2, split)
         queue = self._pending.get(key)
         if queue is None:
             queue = self._pending[key] = []
             stash = sum(t.numel() * t.element_size() for t in tensors)
-            self._groups[key] = _Group(len(call.rows), n, k2.shape[1], c, heads, hw, scale1, scale2, stash,
-                                       layer.factor)
+            self._groups[key] = _Group(len(call.rows), n, t, c, heads, hw, scale1, scale2, stash, layer.factor,
+                                       split)
         queue.append((i, tensors, [_version(t) for t in tensors]))
         left = self._left[layer.factor] = self._left.get(layer.factor, self._per_factor[layer.factor]) - 1
         if left == 0:
@@ -401,15 +502,16 @@ class AttentionCapture:
         big_l, rows = len(stash), call.rows
         r = len(rows)
         p = 3 * n + t  # positions per layer: q1, k1, q2 (n each), k2 (t)
-        x = torch.cat([tensor for tensors in stash for tensor in tensors], dim=1)  # (B, L * p, c)
+        # (B, L * p, c), or (B, H, L * p, d) when the heads come split
+        x = torch.cat([tensor for tensors in stash for tensor in tensors], dim=2 if g.split else 1)
         stash.clear()
         first = rows[0]
         if rows != list(range(first, first + r)):
             x = x.index_select(0, _row_index(tuple(rows), x.device))
             first = 0
         # one strided view (rows, heads split, layer-major) and one copy to float32: (L, R, H, p, d)
-        y = x.as_strided((big_l, r, heads, p, d), (p * c, big_l * p * c, d, c, 1),
-                         x.storage_offset() + first * big_l * p * c)
+        strides = (p * d, big_l * p * c, big_l * p * d, d, 1) if g.split else (p * c, big_l * p * c, d, c, 1)
+        y = x.as_strided((big_l, r, heads, p, d), strides, x.storage_offset() + first * big_l * p * c)
         z = y.to(torch.float32, copy=True, memory_format=torch.contiguous_format)
         del x, y
         g_all = big_l * r * heads
@@ -440,6 +542,7 @@ class AttentionCapture:
                 torch.ops.aten._softmax.out(out, 2, False, out=out)
                 torch.mean(buf4 if full else out.view(-1, heads, n, n), 1, out=sc)
             del buf, buf4
+        pair_w = None if self.background == "start" else _row_backgrounds(z[0, :, 0, 3 * n :], self.background)
         # cross-attention, transposed: cm[t, i] = mean over heads of softmax_t(q_i . k_t * scale)
         pc = torch.baddbmm(zero, k2, q2t, beta=0, alpha=g.scale2)
         torch.ops.aten._softmax.out(pc, 1, False, out=pc)
@@ -450,8 +553,12 @@ class AttentionCapture:
             for li, layer in enumerate(layers):
                 sl = slice(li * r, (li + 1) * r)
                 self.observer(layer, roles, sa[sl], cm[sl].transpose(1, 2))
-        # the mean over heads, the token maps and their [background, rest] sums in one product: (L R, T + 2, n)
-        ct = torch.bmm(_heads_to_maps(t, heads, big_l * r, pc.device), pc.view(big_l * r, heads * t, n))
+        if pair_w is None:
+            # the mean over heads, the token maps and their [background, rest] sums in one product: (L R, T + 2, n)
+            ct = torch.bmm(_heads_to_maps(t, heads, big_l * r, pc.device), pc.view(big_l * r, heads * t, n))
+        else:  # each row's own background tokens
+            tok = pc.view(big_l, r, heads, t, n).mean(2)
+            ct = torch.cat([tok, torch.matmul(pair_w, tok)], 2).view(big_l * r, t + 2, n)
         del pc
         return _refine_transposed(sa.mT, ct, self.refine)
 
@@ -482,6 +589,27 @@ class AttentionCapture:
                 pair = pairs[role] if source is None else source
                 out[role] = (M.regions_from_tokens(tok, size), M.foreground_from_pair(pair, size))
         return out
+
+
+BACKGROUNDS = {
+    "start": "the start-of-text token of every 77-token chunk (CLIP; the official code's)",
+    "null": "the context positions whose key is exactly zero (Anima's zero padding)",
+    "end": "the null positions and the token before the first of them (the end-of-text token)",
+    "image": "none: the foreground is the whole image (the official code's choice for DeepFloyd IF stage I)",
+}
+
+
+def _row_backgrounds(keys: torch.Tensor, background: str) -> torch.Tensor:
+    """``(R, 2, T)`` [background, rest] weights per row from one head's keys ``(R, T, d)`` of one layer (the
+    context is the same in every layer: a zero context vector has a zero key in each)."""
+    null = keys.abs().amax(-1) == 0
+    if background == "image":
+        null = torch.zeros_like(null)
+    elif background == "end":
+        t = null.shape[1]
+        end = torch.where(null.any(1), null.int().argmax(1) - 1, t - 1).clamp_min(0)
+        null = null | torch.nn.functional.one_hot(end, t).bool()
+    return torch.stack([null, ~null], 1).float()
 
 
 def _refine_transposed(st: torch.Tensor, ct: torch.Tensor, mode: str) -> torch.Tensor:

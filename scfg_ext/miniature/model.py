@@ -68,15 +68,18 @@ DEFAULT_CONFIG: dict = {
 
 
 class Tokenizer:
-    """Word-level tokenizer over a fixed vocabulary (``vocab[0]`` = SOT, ``vocab[1]`` = EOT)."""
+    """Word-level tokenizer over a fixed vocabulary (``vocab[0]`` = SOT, ``vocab[1]`` = EOT). ``start=False``:
+    no start token, the words begin at position 0 (T5 and the LLM encoders of the diffusion transformers)."""
 
-    def __init__(self, vocab: Sequence[str] = DEFAULT_CONFIG["vocab"], context: int = CONTEXT):
+    def __init__(self, vocab: Sequence[str] = DEFAULT_CONFIG["vocab"], context: int = CONTEXT, start: bool = True):
         if list(vocab[:2]) != [SOT, EOT]:
             raise ValueError("vocab must start with the start- and end-of-text tokens")
         self.vocab = list(vocab)
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.context = context
         self.sot, self.eot = 0, 1
+        self.start = start
+        self.first_word = int(start)  # context position of the first word
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -91,9 +94,9 @@ class Tokenizer:
         return words
 
     def ids(self, prompt: str) -> list[int]:
-        """``context`` token ids: SOT, the words, EOT, EOT padding."""
-        body = [self.index[w] for w in self.words(prompt)]
-        return [self.sot, *body] + [self.eot] * (self.context - 1 - len(body))
+        """``context`` token ids: SOT (unless ``start=False``), the words, EOT, EOT padding."""
+        body = [self.sot] * self.start + [self.index[w] for w in self.words(prompt)]
+        return body + [self.eot] * (self.context - len(body))
 
     def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """``(B, context)`` int64."""
@@ -131,10 +134,16 @@ class _Block(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """``ids (B, T) -> (B, T, dim)``: embeddings, causal pre-norm transformer layers, final LayerNorm."""
+    """``ids (B, T) -> (B, T, dim)``: embeddings, causal pre-norm transformer layers, final LayerNorm.
 
-    def __init__(self, vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4, context: int = CONTEXT):
+    ``zero_padding``: the positions after the first end-of-text token are zero vectors, as Anima's context is
+    (its text adapter's output, zero-padded to 512): with bias-free key projections and RMS-normalised keys,
+    their keys are exactly zero."""
+
+    def __init__(self, vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4, context: int = CONTEXT,
+                 zero_padding: bool = False, eot: int = 1):
         super().__init__()
+        self.zero_padding, self.eot = zero_padding, eot
         self.token_embedding = nn.Embedding(vocab_size, dim)
         self.position_embedding = nn.Parameter(torch.randn(context, dim) * 0.01)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
@@ -145,7 +154,11 @@ class TextEncoder(nn.Module):
         x = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]
         for block in self.blocks:
             x = block(x)
-        return self.ln_final(x)
+        x = self.ln_final(x)
+        if self.zero_padding:
+            end = (ids == self.eot).int()
+            x = x * ((end.cumsum(1) - end) == 0)[..., None]  # up to and with the first end-of-text token
+        return x
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -158,8 +171,28 @@ def _build_unet(net: dict) -> nn.Module:
     return UNetModel(**net)
 
 
+def _build_dit(net: dict) -> nn.Module:
+    from .dit import MiniatureDiT
+
+    return MiniatureDiT(**net)
+
+
 # arch name -> builder(net config) -> module called as net(x, timesteps, context=context)
-ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {"unet": _build_unet}
+ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {"unet": _build_unet, "anima": _build_dit}
+
+# Anima's network (``dit.MiniatureDiT``) on the same world, text and schedule; its text as Anima's is: no start
+# token, the words, the end token, zero vectors. 6 blocks of width 64 (4 heads of 16), patch 2: 16x16 tokens
+DIT_CONFIG: dict = dict(
+    DEFAULT_CONFIG, arch="anima",
+    text=dict(DEFAULT_CONFIG["text"], start_token=False, zero_padding=True),
+    net=dict(in_channels=4, out_channels=4, patch=2, dim=64, depth=6, heads=4, context_dim=64),
+)
+DIT_WEIGHTS = WEIGHTS.with_name("dit.safetensors")
+DIT_WEIGHTS_SHA256: str | None = None
+
+
+def tokenizer_for(config: dict) -> Tokenizer:
+    return Tokenizer(config["vocab"], start=config["text"].get("start_token", True))
 
 
 def build(config: dict = DEFAULT_CONFIG, seed: int | None = None) -> tuple[TextEncoder, nn.Module]:
@@ -171,7 +204,8 @@ def build(config: dict = DEFAULT_CONFIG, seed: int | None = None) -> tuple[TextE
     if seed is not None:
         torch.manual_seed(seed)
     t = config["text"]
-    text_encoder = TextEncoder(len(config["vocab"]), t["dim"], t["layers"], t["heads"])
+    text_encoder = TextEncoder(len(config["vocab"]), t["dim"], t["layers"], t["heads"],
+                               zero_padding=t.get("zero_padding", False))
     net = ARCHITECTURES[config["arch"]](config["net"])
     return text_encoder, net
 
@@ -274,7 +308,7 @@ def load(path: str | Path | None = None, sha256: str | None = None, device="cpu"
     text_encoder.load_state_dict({k[5:]: v.float() for k, v in tensors.items() if k.startswith("text.")})
     net.load_state_dict({k[4:]: v.float() for k, v in tensors.items() if k.startswith("net.")})
     modules = [m.to(device).float().eval().requires_grad_(False) for m in (text_encoder, net)]
-    return modules[0], modules[1], Meta(Tokenizer(config["vocab"]), config, training, path, digest)
+    return modules[0], modules[1], Meta(tokenizer_for(config), config, training, path, digest)
 
 
 # ------------------------------------------------------------------------------------------------------
