@@ -18,6 +18,8 @@
    (every prompted object present with its colour and shape, nothing unprompted, the named ground), plain CFG vs
    S-CFG from the same noise at CFG 3, 5, 7.5, 12: accuracy with a 95 % Wilson interval, and the images only
    one of the two got right.
+5. For a diffusion transformer (``--weights`` a miniature DiT): the choices the paper leaves open there, which
+   blocks' maps are read and which tokens are the background, scored as in table 1.
 4. Per-word weights: ``"<colour> <shape>: 2"`` on the first object of scenes with two or more objects: the
    effective guidance norm per region with the weight over without it.
 """
@@ -86,12 +88,48 @@ def table_regions(mini, scenes, levels, cfg, seed) -> None:
         x = E.noised(scenes, sigma, seed)
         for refine in REFINES:
             maps, _, _ = E.one_call(mini, prompts, x, sigma, cfg, Settings(enabled=True, refine=refine))
-            scores = [E.scene_scores(maps, i, s) for i, s in enumerate(scenes)]
-            shifted = [E.scene_scores(maps, j, s) for i, s in enumerate(scenes) if (j := other(scenes, i)) is not None]
+            first = mini.tokenizer.first_word
+            scores = [E.scene_scores(maps, i, s, first=first) for i, s in enumerate(scenes)]
+            shifted = [E.scene_scores(maps, j, s, first=first) for i, s in enumerate(scenes)
+                       if (j := other(scenes, i)) is not None]
             print(f"| {name} ({sigma:.2f}) | {refine} | {fmt(E.mean([v for s in scores for v in s.objects]))} | "
                   f"{fmt(E.mean([s.ground for s in scores]))} | {fmt(E.mean([s.foreground for s in scores]))} | "
                   f"{fmt(E.mean([v for s in shifted for v in s.objects]))} (n={len(shifted)}) |")
     print(f"\nA region covering the whole image scores {everything:.3f} on the objects.")
+
+
+def block_sets(depth: int) -> dict[str, list[int]]:
+    """The block choices table 5 compares: all, each half, the middle third, each block alone."""
+    third = max(1, depth // 3)
+    sets = {"all": list(range(depth)), "first half": list(range(depth // 2)),
+            "second half": list(range(depth // 2, depth)), "middle third": list(range(third, depth - third))}
+    sets.update({f"block {i}": [i] for i in range(depth)})
+    return sets
+
+
+def table_dit_choices(mini, scenes, levels, cfg, seed) -> None:
+    from scfg_ext.capture import BACKGROUNDS, find_attention_layers
+
+    depth = len(find_attention_layers(mini.net))
+    prompts = [s.caption for s in scenes]
+    first = mini.tokenizer.first_word
+    print(f"\n## 5. Diffusion transformer choices: IoU with the exact masks (N={len(scenes)} scenes, noised ground "
+          f"truth, CFG {cfg:g}, refine official)")
+    print("Backgrounds: " + "; ".join(f"{k}: {v}" for k, v in BACKGROUNDS.items() if k != "start") + ".\n")
+    print("| step (sigma) | blocks | background | objects | ground | foreground |")
+    print("|---|---|---|---|---|---|")
+    choices = [("all", b) for b in ("null", "end", "image")]
+    choices += [(name, "null") for name in block_sets(depth) if name != "all"]
+    for name, (_, sigma) in levels.items():
+        x = E.noised(scenes, sigma, seed)
+        for blocks, background in choices:
+            options = {"blocks": block_sets(depth)[blocks], "background": background}
+            maps, _, _ = E.one_call(mini, prompts, x, sigma, cfg, Settings(enabled=True), capture=options)
+            scores = [E.scene_scores(maps, i, s, first=first) for i, s in enumerate(scenes)]
+            print(f"| {name} ({sigma:.2f}) | {blocks} | {background} | "
+                  f"{fmt(E.mean([v for s in scores for v in s.objects]))} | "
+                  f"{fmt(E.mean([s.ground for s in scores]))} | "
+                  f"{fmt(E.mean([s.foreground for s in scores]))} |")
 
 
 def table_generation_regions(mini, scenes, steps, cfg, seed) -> None:
@@ -106,7 +144,7 @@ def table_generation_regions(mini, scenes, steps, cfg, seed) -> None:
     masks = [E.colour_masks(rgb[i], s) for i, s in enumerate(scenes)]
     guided = [m for m in maps if m is not None]
     for name, m in (("first", guided[0]), ("middle", guided[len(guided) // 2]), ("last", guided[-1])):
-        scores = [E.scene_scores(m, i, s, masks[i]) for i, s in enumerate(scenes)]
+        scores = [E.scene_scores(m, i, s, masks[i], mini.tokenizer.first_word) for i, s in enumerate(scenes)]
         passing = [v for s, good in zip(scores, ok, strict=True) if good for v in s.objects]
         print(f"| {name} | {fmt(E.mean([v for s in scores for v in s.objects]))} | {fmt(E.mean(passing))} | "
               f"{fmt(E.mean([s.foreground for s in scores]))} |")
@@ -196,7 +234,8 @@ def main(argv=None) -> None:
     mini = E.Miniature.load(args.weights)
     scenes = [W.make_scene(W.scene_seed(E.EVAL_STREAM, i)) for i in range(args.n)]
     levels = step_levels(mini, args.steps)
-    print(f"# S-CFG quality on the miniature model ({MM.parameter_count(mini.net) / 1e6:.2f}M-parameter U-Net, "
+    network = "diffusion transformer" if mini.tokenizer.first_word == 0 else "U-Net"
+    print(f"# S-CFG quality on the miniature model ({MM.parameter_count(mini.net) / 1e6:.2f}M-parameter {network}, "
           f"weights sha256 {str(mini.sha256)[:12]}); scenes {args.n} of stream {E.EVAL_STREAM}, seed {args.seed}")
     for table in args.tables:
         t0 = time.perf_counter()
@@ -209,6 +248,8 @@ def main(argv=None) -> None:
             table_alignment(mini, scenes, args.steps, args.seed)
         elif table == "4":
             table_weights(mini, scenes, levels, args.cfg, args.seed)
+        elif table == "5":
+            table_dit_choices(mini, scenes, levels, args.cfg, args.seed)
         print(f"\n(table {table}: {time.perf_counter() - t0:.0f} s)")
     cpu, elapsed = (time.process_time() - started) / 60, (time.perf_counter() - wall) / 60
     print(f"\nCPU time {cpu:.1f} min, wall {elapsed:.1f} min "

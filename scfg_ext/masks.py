@@ -294,7 +294,8 @@ def region_ratios(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-region ratio ``(B, T)`` = foreground mean norm / region mean norm (0 for empty regions), and the
     foreground area ``(B, 1)``. Norms are per-pixel channel-L2 norms of ``delta``, reduced in float32."""
-    norm = torch.linalg.vector_norm(delta.float(), dim=1)  # (B, H, W), fp32 even for fp16 input
+    # (B, H, W), fp32 even for fp16 input; a 5-D (B, C, frames, H, W) latent's frames count as channels
+    norm = torch.linalg.vector_norm(delta.float().flatten(1, -3), dim=1)
     m = regions.float()
     fg = foreground.float()[:, 0]
     area = m.sum(dim=(2, 3))  # (B, T)

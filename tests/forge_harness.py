@@ -84,14 +84,16 @@ class ForgeObjects:
 
 def forge_model(unet):
     """``p.sd_model`` as Forge loads an SD1.5 checkpoint: ``forge_objects.unet`` is a patcher whose KModel
-    runs ``unet`` (the real ldm U-Net, its transformer blocks given Forge's patch dispatch)."""
+    runs ``unet`` (the real ldm U-Net, its transformer blocks given Forge's patch dispatch; a diffusion
+    transformer as it is)."""
     from backend.modules.k_model import KModel
     from backend.nn.unet import install_patch_dispatch
     from backend.patcher.unet import UnetPatcher
 
     from scfg_ext import testbed
 
-    install_patch_dispatch(unet)
+    if hasattr(unet, "input_blocks"):
+        install_patch_dispatch(unet)
     model = H.sd_model(unet)
     model.text_processing_engine = model.cond_stage_model  # stands in for ClassicTextProcessingEngine (same interface)
     model.forge_objects_after_applying_lora = ForgeObjects(UnetPatcher(KModel(testbed.k_denoiser(unet))))

@@ -439,3 +439,41 @@ def test_api_requests_get_the_maps_from_every_forks_api(webui, txt2img, model):
     assert processed.infotexts[2:] == [processed.infotexts[0]] * 2 + [processed.infotexts[1]] * 2
     for forge_2 in (True, False):  # Forge 2, reForge
         assert len(api_module.images_response(processed, forge=forge_2)["images"]) == 6
+
+
+@pytest.fixture(scope="module")
+def dit_model():
+    """Forge Neo with an Anima-type diffusion transformer (the miniature DiT, random weights, CLIP-wide context)."""
+    from scfg_ext.miniature.dit import MiniatureDiT
+
+    torch.manual_seed(0)
+    net = MiniatureDiT(dim=32, depth=3, heads=4, context_dim=768).eval().requires_grad_(False)
+    return net, forge_model(net)
+
+
+def test_an_anima_type_dit_is_served(webui, txt2img, dit_model):
+    from scfg_ext.miniature import dit
+
+    net, model = dit_model
+    function = dit.attention_function
+    assert forge.Backend().unsupported_reason(model) is None
+    plain, _ = generate(webui, None, model, "batch 2 + AND")
+    off, _ = generate(webui, txt2img, model, "batch 2 + AND", enabled=False)
+    on, p = generate(webui, txt2img, model, "batch 2 + AND")
+    assert torch.equal(off, plain) and not torch.equal(on, plain)
+    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
+    assert hook_count(net) == 0 and dit.attention_function is function
+
+
+@pytest.mark.parametrize("name, says", [
+    ("NextDiT", "does not serve Lumina 2 / Z-Image"), ("IntegratedChromaTransformer2DModel", "does not serve Chroma"),
+    ("IntegratedFluxTransformer2DModel", "Flux is guidance-distilled: it runs at CFG 1"),
+])
+def test_other_dits_are_named(name, says):
+    """Forge Neo's other transformers (backend/nn/*.py @ 283cb2c4) get a notice naming their family."""
+    from forge_harness import ForgeObjects
+
+    net = type(name, (torch.nn.Module,), {})()
+    model = type("Engine", (), {"forge_objects": ForgeObjects(type("Patcher", (), {"model": type(
+        "KModel", (), {"diffusion_model": net})(), "clone": None})())})()
+    assert says in forge.Backend().unsupported_reason(model)

@@ -357,3 +357,13 @@ def test_resize_matrix_is_the_bilinear_resize(hw, grid):
     ref = torch.nn.functional.interpolate(m, size=grid, mode="bilinear", align_corners=False)
     got = (m.reshape(5, 7, -1) @ resize_matrix(hw, grid)).view(5, 7, *grid)
     torch.testing.assert_close(got, ref)
+
+
+def test_a_one_frame_5d_latent_gets_the_rate_of_its_4d_latent():
+    """Forge Neo's Anima (and Wan, Qwen-Image) latents are (B, C, frames, H, W)."""
+    gen = torch.Generator().manual_seed(3)
+    delta = torch.randn(2, 16, 12, 20, generator=gen)
+    regions = torch.nn.functional.one_hot(torch.randint(0, 5, (2, 12, 20), generator=gen), 5).permute(0, 3, 1, 2)
+    foreground = (torch.rand(2, 1, 12, 20, generator=gen) > 0.3).float()
+    flat = guidance_rate(delta, regions.float(), foreground, 7.0)
+    assert torch.equal(guidance_rate(delta[:, :, None], regions.float(), foreground, 7.0), flat)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..capture import Cond
+from ..capture import AttentionCapture, Cond
 from ..guidance import ScfgRun, StepMaps
 from ..settings import Settings
 from . import model as MM
@@ -90,11 +90,14 @@ def _cfg_model(mini: Miniature, prompts: Sequence[str], cfg_scale: float, run: S
 
 
 def one_call(mini: Miniature, prompts: Sequence[str], x: torch.Tensor, sigma: float, cfg_scale: float = 7.5,
-             settings: Settings | None = None, token_weights: dict | None = None
+             settings: Settings | None = None, token_weights: dict | None = None, capture: dict | None = None
              ) -> tuple[StepMaps, torch.Tensor, torch.Tensor]:
     """S-CFG's maps of one model call on ``x`` at ``sigma``, and the uncond and cond denoised outputs
-    (``(B, 4, H, W)`` each)."""
+    (``(B, 4, H, W)`` each). ``capture``: ``AttentionCapture`` options besides the settings' (``background``,
+    ``blocks``)."""
     run = ScfgRun(settings or Settings(enabled=True), keep_maps=True, token_weights=token_weights)
+    if capture:
+        run.capture = AttentionCapture(run.settings.refine, run.settings.foreground, **capture)
     model = _cfg_model(mini, prompts, cfg_scale, run, 1)
     outputs = {}
 
@@ -141,13 +144,14 @@ def sample_recording(mini: Miniature, prompts: Sequence[str], seed: int, steps: 
 # scores
 
 
-def word_positions(scene: W.Scene) -> list[list[int]]:
+def word_positions(scene: W.Scene, first: int = 1) -> list[list[int]]:
     """Context positions of the words naming each mask of ``scene.masks()`` (objects, then the ground; the
-    ground's list is empty when the caption does not name it)."""
+    ground's list is empty when the caption does not name it). ``first``: the first word's position (1 after a
+    start-of-text token, ``Tokenizer.first_word``)."""
     out: list[list[int]] = [[] for _ in range(len(scene.objects) + 1)]
     for k, target in enumerate(scene.word_targets()):
         if target is not None:
-            out[target].append(k + 1)  # word k sits after the start-of-text token
+            out[target].append(k + first)
     return out
 
 
@@ -171,12 +175,14 @@ class SceneScores:
     foreground: float  # IoU of S-CFG's foreground with the union of the named regions
 
 
-def scene_scores(maps: StepMaps, row: int, scene: W.Scene, masks: torch.Tensor | None = None) -> SceneScores:
+def scene_scores(maps: StepMaps, row: int, scene: W.Scene, masks: torch.Tensor | None = None, first: int = 1
+                 ) -> SceneScores:
     """IoUs of image ``row``'s token regions (``maps``, key ``Cond(row)``) with ``masks`` (default the scene's
-    exact masks: objects, then ground; ``(n + 1, H, W)`` bool at latent resolution)."""
+    exact masks: objects, then ground; ``(n + 1, H, W)`` bool at latent resolution); ``first`` as for
+    ``word_positions``."""
     masks = scene.masks() if masks is None else masks
     regions = maps.regions[Cond(row)].cpu()
-    positions = word_positions(scene)
+    positions = word_positions(scene, first)
     n = len(scene.objects)
     objects = [iou(word_region(regions, positions[i]), masks[i]) for i in range(n)]
     ground = iou(word_region(regions, positions[n]), masks[n]) if positions[n] else None

@@ -1,4 +1,4 @@
-"""Forge adapter (Forge 2, Forge Classic, reForge): S-CFG rides on a clone of Forge's U-Net patcher.
+"""Forge adapter (Forge 2, Forge Classic, Forge Neo, reForge): S-CFG rides on a clone of Forge's U-Net patcher.
 
 Forge never calls ``combine_denoised``: ``sampling_function`` runs the U-Net through ``calc_cond_uncond_batch``
 (``backend/sampling/sampling_function.py``), one call per batch of chunks, each chunk all images' rows of one
@@ -14,6 +14,10 @@ step's uncond output is in hand, replaces each cond chunk's output by ``uncond +
 before Forge merges the sub-prompts and applies its own CFG arithmetic. So every sub-prompt keeps its own
 regions and rate, and a CFG function (Dynamic Thresholding) or post-CFG function (SAG, PAG) acts on top.
 Calls after the step's cond chunks (SAG's and PAG's extra U-Net calls) are left alone.
+
+Forge Neo's diffusion transformers run through the same ``sampling_function`` and wrapper. Anima's (blocks with a
+self- and a cross-attention, ``backend/nn/anima.py``) is served: its 512-token contexts batch like SD's, uncond
+first; its latents are 5-D ``(B, C, 1, H, W)`` (one frame). The other families get a notice naming them.
 """
 
 from __future__ import annotations
@@ -21,10 +25,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..capture import Cond, Uncond, find_attention_layers
+from ..capture import Cond, Uncond, find_attention_layers, find_dit_layers
 from .session import Pass
 
 COND, UNCOND = 0, 1  # Forge's cond_or_uncond values
+
+# Forge Neo's diffusion transformers S-CFG does not serve (yet), by their class in backend/nn/
+UNSERVED_DITS = {
+    "NextDiT": "Lumina 2 / Z-Image (NextDiT: one joint attention over text and image)",
+    "QwenImageTransformer2DModel": "Qwen-Image (MMDiT: joint attention)",
+    "NunchakuQwenImageTransformer2DModel": "Qwen-Image (MMDiT: joint attention)",
+    "IntegratedChromaTransformer2DModel": "Chroma (MMDiT: joint attention)",
+    "WanModel": "Wan (video)",
+}
+DISTILLED_DITS = {"IntegratedFluxTransformer2DModel": "Flux", "SVDQFluxTransformer2DModel": "Flux (Nunchaku)"}
 
 
 @dataclass
@@ -47,7 +61,17 @@ class Backend:
         family = type(sd_model).__name__
         patcher = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
         unet = getattr(getattr(patcher, "model", None), "diffusion_model", None)
-        if unet is None or not hasattr(unet, "input_blocks") or not hasattr(patcher, "clone"):
+        net = type(unet).__name__
+        if net in DISTILLED_DITS:
+            return (f"{DISTILLED_DITS[net]} is guidance-distilled: it runs at CFG 1 with no negative prompt, so "
+                    "there is no guidance to make semantic-aware")
+        if net in UNSERVED_DITS:
+            return f"S-CFG does not serve {UNSERVED_DITS[net]} yet (it serves SD1, SD2, SDXL and Anima)"
+        if unet is None or not hasattr(patcher, "clone"):
+            return f"{family} has no U-Net with cross-attention"
+        if not hasattr(unet, "input_blocks"):
+            if find_dit_layers(unet):
+                return None
             return f"{family} has no U-Net with cross-attention"
         if not find_attention_layers(unet):
             return f"{family}'s U-Net has no attention at latent/4 or latent/8"
