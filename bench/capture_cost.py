@@ -2,7 +2,9 @@
 
 Models (random weights, ``scfg_ext.testbed``): ``sd15`` = the real ldm ``UNetModel`` with SD1.5's config
 (6 captured blocks); ``sdxl`` = ldm's classes in SDXL base's U-Net structure (``testbed.build_sdxl_unet``:
-60 captured latent/4 blocks). The attention forward is replaced by a ``scaled_dot_product_attention`` one, as
+60 captured latent/4 blocks); ``anima`` = the miniature DiT (``scfg_ext.miniature.dit``, Anima's blocks) at
+Anima 2B's size: 28 blocks of width 2048 (16 heads), a 1024-wide context of 512 tokens, 16 latent channels,
+patch 2 (a 64x64 token grid at 1024²). The attention forward is replaced by a ``scaled_dot_product_attention`` one, as
 A1111's "sdp" optimisation installs it. One U-Net call with the rows of ``--batches`` images: cond rows then
 uncond rows (batch 1 = 2 rows), roles ``Cond(i)``/``Uncond(i)``.
 
@@ -46,7 +48,7 @@ MiB = 2**20
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=["sd15", "sdxl"])
+    p.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=["sd15", "sdxl", "anima"])
     p.add_argument("--sizes", nargs="+", type=int, default=None,
                    help="image sizes in pixels (default: 512 for sd15, 1024 for sdxl)")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4], help="images per call (2 U-Net rows each)")
@@ -60,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--refine", default="official", choices=["official", "paper", "none"])
     p.add_argument("--foreground", default="cond", choices=["cond", "uncond"])
     p.add_argument("--budget-mib", type=float, default=None, help="capture memory budget (default: the capture's)")
+    p.add_argument("--pool", action="store_true", help="anima: read the maps at latent/4 (AttentionCapture pool)")
+    p.add_argument("--blocks", default=None, help="anima: the blocks to read, e.g. 0,1,2 (default all)")
     p.add_argument("--pkg-root", default=str(REPO_ROOT), help="directory holding the scfg_ext package to measure")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)
@@ -141,7 +145,17 @@ class Case:
         self.model, self.args = model, args
         self.device = torch.device(args.device)
         self.dtype = DTYPES[args.dtype]
-        if model == "sd15":
+        self.channels, self.tokens = 4, 77
+        if model == "anima":
+            from scfg_ext.miniature.dit import MiniatureDiT
+
+            config = dict(in_channels=16, out_channels=16, patch=2, dim=2048, depth=28, heads=16, context_dim=1024)
+            if args.small:
+                config.update(dim=128, depth=4, heads=4, context_dim=64)
+            with torch.device(self.device):
+                self.unet = MiniatureDiT(**config).to(self.dtype).eval().requires_grad_(False)
+            self.channels, self.tokens = 16, 512
+        elif model == "sd15":
             config = testbed.small_config(testbed.SD15_UNET) if args.small else testbed.SD15_UNET
             self.unet = testbed.build_unet(config, dtype=self.dtype, device=self.device)
         else:
@@ -156,7 +170,8 @@ class Case:
             # embedding is made in float32); the counts are those of autocast, where the projections the capture
             # stashes are half too; activations all in half make the plain peak lower
             self.unet.dtype = self.dtype
-            self.unet.time_embed.register_forward_pre_hook(lambda m, args: (args[0].to(self.dtype),))
+            embed = self.unet.t_embedder if model == "anima" else self.unet.time_embed
+            embed.register_forward_pre_hook(lambda m, args: (args[0].to(self.dtype),))
 
     def autocast(self):
         if self.dtype == torch.float32 or self.device.type == "meta":
@@ -171,13 +186,18 @@ class Case:
         a = self.args
         g = torch.Generator().manual_seed(size + batch)
         lat = size // 8
-        x = torch.randn(2 * batch, 4, lat, lat, generator=g).to(self.device, self.dtype if self.half_on_meta else None)
+        x = torch.randn(2 * batch, self.channels, lat, lat, generator=g).to(
+            self.device, self.dtype if self.half_on_meta else None)
         t = torch.full((2 * batch,), 500.0).to(self.device)
-        ctx = torch.randn(2 * batch, 77, self.context_dim, generator=g).to(self.device, self.dtype)
+        ctx = torch.randn(2 * batch, self.tokens, self.context_dim, generator=g).to(self.device, self.dtype)
         roles = [Cond(i) for i in range(batch)] + [Uncond(i) for i in range(batch)]
         kwargs = {"refine": a.refine, "foreground": a.foreground}
         if a.budget_mib is not None:
             kwargs["memory_budget"] = int(a.budget_mib * MiB)
+        if self.model == "anima":
+            kwargs["pool"] = a.pool
+            if a.blocks:
+                kwargs["blocks"] = [int(b) for b in a.blocks.split(",")]
         capture = AttentionCapture(**kwargs)
         chunks: list[int] = []
         base = self.weight_bytes + tensor_bytes((x, t, ctx))

@@ -19,7 +19,8 @@
    S-CFG from the same noise at CFG 3, 5, 7.5, 12: accuracy with a 95 % Wilson interval, and the images only
    one of the two got right.
 5. For a diffusion transformer (``--weights`` a miniature DiT): the choices the paper leaves open there, which
-   blocks' maps are read and which tokens are the background, scored as in table 1.
+   blocks' maps are read, which tokens are the background and the grid the maps are read at (the token grid,
+   or latent/4 from every other query), scored as in table 1.
 4. Per-word weights: ``"<colour> <shape>: 2"`` on the first object of scenes with two or more objects: the
    effective guidance norm per region with the weight over without it.
 """
@@ -58,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="a miniature safetensors file (default: the committed one)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tables", default="1234", help="which tables to run, e.g. 13")
+    p.add_argument("--blocks", default=None, help="a diffusion transformer's blocks to read, e.g. 0,1 (default all)")
+    p.add_argument("--background", default=None, help="the background tokens (capture.BACKGROUNDS)")
+    p.add_argument("--pool", action="store_true", help="read a diffusion transformer's maps at latent/4")
     return p
 
 
@@ -116,17 +120,17 @@ def table_dit_choices(mini, scenes, levels, cfg, seed) -> None:
     print(f"\n## 5. Diffusion transformer choices: IoU with the exact masks (N={len(scenes)} scenes, noised ground "
           f"truth, CFG {cfg:g}, refine official)")
     print("Backgrounds: " + "; ".join(f"{k}: {v}" for k, v in BACKGROUNDS.items() if k != "start") + ".\n")
-    print("| step (sigma) | blocks | background | objects | ground | foreground |")
-    print("|---|---|---|---|---|---|")
-    choices = [("all", b) for b in ("null", "end", "image")]
-    choices += [(name, "null") for name in block_sets(depth) if name != "all"]
+    print("| step (sigma) | blocks | background | grid | objects | ground | foreground |")
+    print("|---|---|---|---|---|---|---|")
+    choices = [("all", b, False) for b in ("null", "end", "image")] + [("all", "null", True)]
+    choices += [(name, "null", False) for name in block_sets(depth) if name != "all"]
     for name, (_, sigma) in levels.items():
         x = E.noised(scenes, sigma, seed)
-        for blocks, background in choices:
-            options = {"blocks": block_sets(depth)[blocks], "background": background}
+        for blocks, background, pool in choices:
+            options = {"blocks": block_sets(depth)[blocks], "background": background, "pool": pool}
             maps, _, _ = E.one_call(mini, prompts, x, sigma, cfg, Settings(enabled=True), capture=options)
             scores = [E.scene_scores(maps, i, s, first=first) for i, s in enumerate(scenes)]
-            print(f"| {name} ({sigma:.2f}) | {blocks} | {background} | "
+            print(f"| {name} ({sigma:.2f}) | {blocks} | {background} | {'latent/4' if pool else 'tokens'} | "
                   f"{fmt(E.mean([v for s in scores for v in s.objects]))} | "
                   f"{fmt(E.mean([s.ground for s in scores]))} | "
                   f"{fmt(E.mean([s.foreground for s in scores]))} |")
@@ -232,11 +236,18 @@ def main(argv=None) -> None:
     started = time.process_time()
     wall = time.perf_counter()
     mini = E.Miniature.load(args.weights)
+    if args.blocks:
+        mini.capture["blocks"] = [int(b) for b in args.blocks.split(",")]
+    if args.background:
+        mini.capture["background"] = args.background
+    if args.pool:
+        mini.capture["pool"] = True
     scenes = [W.make_scene(W.scene_seed(E.EVAL_STREAM, i)) for i in range(args.n)]
     levels = step_levels(mini, args.steps)
     network = "diffusion transformer" if mini.tokenizer.first_word == 0 else "U-Net"
     print(f"# S-CFG quality on the miniature model ({MM.parameter_count(mini.net) / 1e6:.2f}M-parameter {network}, "
-          f"weights sha256 {str(mini.sha256)[:12]}); scenes {args.n} of stream {E.EVAL_STREAM}, seed {args.seed}")
+          f"weights sha256 {str(mini.sha256)[:12]}); scenes {args.n} of stream {E.EVAL_STREAM}, seed {args.seed}"
+          + (f"; capture {mini.capture}" if mini.capture else ""))
     for table in args.tables:
         t0 = time.perf_counter()
         if table == "1":

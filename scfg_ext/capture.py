@@ -154,6 +154,14 @@ def _token_and_pair(tokens: int, device: torch.device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
+def _pool_matrix(hw: tuple[int, int], stride: int, device: torch.device) -> torch.Tensor:
+    """``(h * w, h' * w')`` 0/1: token ``(i, j)`` of an ``h`` x ``w`` grid -> cell ``(i // stride, j // stride)``."""
+    h, w = hw
+    cell = (torch.arange(h)[:, None] // stride * -(-w // stride) + torch.arange(w)[None] // stride).flatten()
+    return torch.nn.functional.one_hot(cell, -(-h // stride) * -(-w // stride)).float().to(device)
+
+
+@functools.lru_cache(maxsize=32)
 def _heads_to_maps(tokens: int, heads: int, batch: int, device: torch.device) -> torch.Tensor:
     """``(batch, T + 2, heads * T)``: ``_token_and_pair`` divided by the head count and repeated for every head,
     so that one product with the per-head maps ``(batch, heads * T, n)`` averages the heads (cached,
@@ -180,14 +188,21 @@ class _Group:
     stash_bytes: int  # one layer's four projections
     factor: int  # downsampling level
     split: bool  # stashed as (batch, heads, tokens, head dim), not (batch, tokens, channels)
+    stride: int = 1  # read at every stride-th query row and column, key columns summed over stride^2 cells
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        """The grid the group's maps come out at."""
+        return (-(-self.hw[0] // self.stride), -(-self.hw[1] // self.stride))
 
     def work_bytes(self) -> tuple[int, int, int]:
         """Float32 bytes per layer: (the head-split copy + the head-averaged self map, the cross scores and
         maps after them, one layer-row's self scores for all heads)."""
         r, n, t, c, h = self.rows, self.n, self.tokens, self.channels, self.heads
-        held = r * ((3 * n + t) * c + n * n) * 4
-        cross = r * (h * t * n + 3 * (t + 2) * n) * 4
-        return held, cross, h * n * n * 4
+        nq = self.out_hw[0] * self.out_hw[1]  # query positions read
+        held = r * ((3 * n + t) * c + nq * n) * 4
+        cross = r * (h * t * nq + 3 * (t + 2) * nq) * 4
+        return held, cross, h * nq * n * 4
 
     def cost(self, layers: int) -> int:
         """Peak bytes of processing ``layers`` stashed layers (the stash itself included): the stash and its
@@ -210,11 +225,13 @@ class AttentionCapture:
 
     ``background``: the tokens whose maps make the background of the foreground split (``BACKGROUNDS``; default
     ``"start"`` on a U-Net, ``"null"`` on a diffusion transformer). ``blocks``: the indices of the transformer
-    blocks a diffusion transformer is read at (default all).
+    blocks a diffusion transformer is read at (default all). ``pool``: read a diffusion transformer's maps at the
+    segmentation grid (latent/4: every other query row and column of a patch-2 token grid, key columns summed
+    per grid cell), which costs a quarter of the full token grid's self-attention scores.
     """
 
     def __init__(self, refine: str = "official", foreground: str = "cond", memory_budget: int | None = None,
-                 background: str | None = None, blocks: Sequence[int] | None = None) -> None:
+                 background: str | None = None, blocks: Sequence[int] | None = None, pool: bool = False) -> None:
         if refine not in M.REFINE_MODES:
             raise ValueError(f"refine must be one of {M.REFINE_MODES}, got {refine!r}")
         if foreground not in ("cond", "uncond"):
@@ -226,6 +243,7 @@ class AttentionCapture:
         self.background_choice = background
         self.background = background or "start"
         self.blocks = None if blocks is None else set(blocks)
+        self.pool = pool
         self._armed: tuple[int, int] | None = None  # (layer, slot of its q) while a DiT attention module runs
         self._functions: list[tuple[types.ModuleType, object]] = []  # (module, the wrapper installed in it)
         self.memory_budget = memory_budget
@@ -454,8 +472,9 @@ class AttentionCapture:
         if queue is None:
             queue = self._pending[key] = []
             stash = sum(t.numel() * t.element_size() for t in tensors)
+            stride = max(1, 4 // layer.factor) if self.pool and split else 1
             self._groups[key] = _Group(len(call.rows), n, t, c, heads, hw, scale1, scale2, stash, layer.factor,
-                                       split)
+                                       split, stride)
         queue.append((i, tensors, [_version(t) for t in tensors]))
         left = self._left[layer.factor] = self._left.get(layer.factor, self._per_factor[layer.factor]) - 1
         if left == 0:
@@ -490,7 +509,7 @@ class AttentionCapture:
         queue.clear()  # from here on ``stash`` holds the only references: _layer_maps frees them after the cat
         with torch.autocast(self._device, enabled=False):
             refined = self._layer_maps(group, call, stash, layers)
-        call.add(key, group.hw, refined, len(layers))
+        call.add(key, group.out_hw, refined, len(layers))
         if self.on_process is not None:
             self.on_process(len(layers))
 
@@ -520,6 +539,12 @@ class AttentionCapture:
         q2t = z.as_strided((g_all, d, n), (p * d, 1, d), 2 * n * d)
         k2 = z.as_strided((g_all, t, d), (p * d, d, 1), 3 * n * d)
         zero = _zero(z.device)
+        nq = n  # query positions the maps are read at
+        if g.stride > 1:  # a DiT's token grid read at the segmentation grid: every stride-th query row and column
+            (h, w), st = g.hw, g.stride
+            q1 = q1.view(g_all, h, w, d)[:, ::st, ::st].reshape(g_all, -1, d)
+            q2t = q2t.mT.view(g_all, h, w, d)[:, ::st, ::st].reshape(g_all, -1, d).mT
+            nq = q1.shape[1]
 
         # self-attention: s[i, j] = mean over heads of softmax_j(q_i . k_j * scale), queries first so that the
         # softmax runs along contiguous memory (3x faster on a CPU than across rows)
@@ -528,37 +553,39 @@ class AttentionCapture:
         if units >= big_l * r:
             s = torch.baddbmm(zero, q1, k1t, beta=0, alpha=g.scale1)
             torch.ops.aten._softmax.out(s, 2, False, out=s)
-            sa = s.view(big_l * r, heads, n, n).mean(1)
+            sa = s.view(big_l * r, heads, nq, n).mean(1)
             del s
         else:
             step = units * heads
-            sa = torch.empty(big_l * r, n, n, dtype=torch.float32, device=z.device)
-            buf = torch.empty(step, n, n, dtype=torch.float32, device=z.device)
-            buf4 = buf.view(units, heads, n, n)
+            sa = torch.empty(big_l * r, nq, n, dtype=torch.float32, device=z.device)
+            buf = torch.empty(step, nq, n, dtype=torch.float32, device=z.device)
+            buf4 = buf.view(units, heads, nq, n)
             for qc, kc, sc in zip(q1.split(step), k1t.split(step), sa.split(units), strict=True):
                 full = qc.shape[0] == step
                 out = buf if full else buf[: qc.shape[0]]
                 torch.baddbmm(zero, qc, kc, beta=0, alpha=g.scale1, out=out)
                 torch.ops.aten._softmax.out(out, 2, False, out=out)
-                torch.mean(buf4 if full else out.view(-1, heads, n, n), 1, out=sc)
+                torch.mean(buf4 if full else out.view(-1, heads, nq, n), 1, out=sc)
             del buf, buf4
+        if g.stride > 1:
+            sa = torch.matmul(sa, _pool_matrix(g.hw, g.stride, sa.device))  # keys summed per grid cell
         pair_w = None if self.background == "start" else _row_backgrounds(z[0, :, 0, 3 * n :], self.background)
         # cross-attention, transposed: cm[t, i] = mean over heads of softmax_t(q_i . k_t * scale)
         pc = torch.baddbmm(zero, k2, q2t, beta=0, alpha=g.scale2)
         torch.ops.aten._softmax.out(pc, 1, False, out=pc)
         del z, q1, k1t, q2t, k2
         if self.observer is not None:
-            cm = pc.view(big_l * r, heads, t, n).mean(1)
+            cm = pc.view(big_l * r, heads, t, nq).mean(1)
             roles = [call.roles[i] for i in rows]
             for li, layer in enumerate(layers):
                 sl = slice(li * r, (li + 1) * r)
                 self.observer(layer, roles, sa[sl], cm[sl].transpose(1, 2))
         if pair_w is None:
             # the mean over heads, the token maps and their [background, rest] sums in one product: (L R, T + 2, n)
-            ct = torch.bmm(_heads_to_maps(t, heads, big_l * r, pc.device), pc.view(big_l * r, heads * t, n))
+            ct = torch.bmm(_heads_to_maps(t, heads, big_l * r, pc.device), pc.view(big_l * r, heads * t, nq))
         else:  # each row's own background tokens
-            tok = pc.view(big_l, r, heads, t, n).mean(2)
-            ct = torch.cat([tok, torch.matmul(pair_w, tok)], 2).view(big_l * r, t + 2, n)
+            tok = pc.view(big_l, r, heads, t, nq).mean(2)
+            ct = torch.cat([tok, torch.matmul(pair_w, tok)], 2).view(big_l * r, t + 2, nq)
         del pc
         return _refine_transposed(sa.mT, ct, self.refine)
 

@@ -157,3 +157,22 @@ def test_the_zero_padded_text_has_zero_keys():
     ctx = te(ids)
     assert ctx[0, :4].abs().amax(-1).gt(0).all() and not ctx[0, 4:].any()
     assert ctx[1, 0].abs().amax() > 0 and not ctx[1, 1:].any()  # the empty prompt keeps its end token
+
+
+def test_pooled_maps_are_the_strided_queries_and_summed_keys(small_dit):
+    x, t, ctx = inputs()
+    full, pooled = [], []
+    for pool, out in ((False, full), (True, pooled)):
+        capture = AttentionCapture(pool=pool)
+        capture.observer = lambda layer, roles, s, c, out=out: out.append((s, c))
+        with capture.attach(small_dit):
+            capture.plan_step([Cond(0), Uncond(0)])
+            small_dit(x, t, context=ctx)
+            assert capture.masks()
+    cells = (torch.arange(6)[:, None] // 2 * 5 + torch.arange(10)[None] // 2).flatten()  # 6x10 tokens -> 3x5
+    picked = (torch.arange(6)[::2, None] * 10 + torch.arange(10)[None, ::2]).flatten()
+    for (s, c), (sp, cp) in zip(full, pooled, strict=True):
+        assert sp.shape == (1, 15, 15) and cp.shape == (1, 15, 10)
+        summed = torch.zeros(1, 60, 15).index_add_(2, cells, s)
+        torch.testing.assert_close(sp, summed[:, picked])
+        torch.testing.assert_close(cp, c[:, picked])

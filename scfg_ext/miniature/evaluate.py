@@ -18,9 +18,10 @@ tests and the demo; no WebUI imports).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,6 +44,13 @@ class Miniature:
     tokenizer: MM.Tokenizer
     denoiser: torch.nn.Module
     sha256: str | None = None
+    capture: dict = field(default_factory=dict)  # AttentionCapture options of every run (background, blocks, pool)
+
+    def scfg_run(self, settings: Settings, **kwargs) -> ScfgRun:
+        run = ScfgRun(settings, **kwargs)
+        if self.capture:
+            run.capture = AttentionCapture(settings.refine, settings.foreground, **self.capture)
+        return run
 
     @classmethod
     def load(cls, path=None, sha256=None) -> Miniature:
@@ -93,11 +101,11 @@ def one_call(mini: Miniature, prompts: Sequence[str], x: torch.Tensor, sigma: fl
              settings: Settings | None = None, token_weights: dict | None = None, capture: dict | None = None
              ) -> tuple[StepMaps, torch.Tensor, torch.Tensor]:
     """S-CFG's maps of one model call on ``x`` at ``sigma``, and the uncond and cond denoised outputs
-    (``(B, 4, H, W)`` each). ``capture``: ``AttentionCapture`` options besides the settings' (``background``,
-    ``blocks``)."""
-    run = ScfgRun(settings or Settings(enabled=True), keep_maps=True, token_weights=token_weights)
+    (``(B, 4, H, W)`` each). ``capture``: ``AttentionCapture`` options over ``mini.capture``."""
+    settings = settings or Settings(enabled=True)
     if capture:
-        run.capture = AttentionCapture(run.settings.refine, run.settings.foreground, **capture)
+        mini = dataclasses.replace(mini, capture={**mini.capture, **capture})
+    run = mini.scfg_run(settings, keep_maps=True, token_weights=token_weights)
     model = _cfg_model(mini, prompts, cfg_scale, run, 1)
     outputs = {}
 
@@ -127,7 +135,7 @@ def sample_recording(mini: Miniature, prompts: Sequence[str], seed: int, steps: 
     sampling, _ = testbed.import_k_diffusion()
     run = None
     if settings is not None and settings.enabled:
-        run = ScfgRun(settings, keep_maps=True, token_weights=token_weights)
+        run = mini.scfg_run(settings, keep_maps=True, token_weights=token_weights)
     model = _Recorder(_cfg_model(mini, prompts, cfg_scale, run, steps), run)
     sigmas = mini.sigmas(steps)
     if noise is None:
