@@ -62,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--refine", default="official", choices=["official", "paper", "none"])
     p.add_argument("--foreground", default="cond", choices=["cond", "uncond"])
     p.add_argument("--budget-mib", type=float, default=None, help="capture memory budget (default: the capture's)")
-    p.add_argument("--pool", action="store_true", help="anima: read the maps at latent/4 (AttentionCapture pool)")
+    p.add_argument("--pool", action="store_true", help="anima: read the maps at latent/4 at every size (default: "
+                   "when that grid is at least capture.MIN_POOLED_SIDE cells across)")
     p.add_argument("--blocks", default=None, help="anima: the blocks to read, e.g. 0,1,2 (default all)")
     p.add_argument("--pkg-root", default=str(REPO_ROOT), help="directory holding the scfg_ext package to measure")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
@@ -195,7 +196,7 @@ class Case:
         if a.budget_mib is not None:
             kwargs["memory_budget"] = int(a.budget_mib * MiB)
         if self.model == "anima":
-            kwargs["pool"] = a.pool
+            kwargs["pool"] = a.pool or None
             if a.blocks:
                 kwargs["blocks"] = [int(b) for b in a.blocks.split(",")]
         capture = AttentionCapture(**kwargs)

@@ -122,15 +122,15 @@ def table_dit_choices(mini, scenes, levels, cfg, seed) -> None:
     print("Backgrounds: " + "; ".join(f"{k}: {v}" for k, v in BACKGROUNDS.items() if k != "start") + ".\n")
     print("| step (sigma) | blocks | background | grid | objects | ground | foreground |")
     print("|---|---|---|---|---|---|---|")
-    choices = [("all", b, False) for b in ("null", "end", "image")] + [("all", "null", True)]
-    choices += [(name, "null", False) for name in block_sets(depth) if name != "all"]
+    choices = [("all", b, None) for b in ("null", "end", "image")] + [("all", "null", True)]
+    choices += [(name, "null", None) for name in block_sets(depth) if name != "all"]
     for name, (_, sigma) in levels.items():
         x = E.noised(scenes, sigma, seed)
         for blocks, background, pool in choices:
             options = {"blocks": block_sets(depth)[blocks], "background": background, "pool": pool}
             maps, _, _ = E.one_call(mini, prompts, x, sigma, cfg, Settings(enabled=True), capture=options)
             scores = [E.scene_scores(maps, i, s, first=first) for i, s in enumerate(scenes)]
-            print(f"| {name} ({sigma:.2f}) | {blocks} | {background} | {'latent/4' if pool else 'tokens'} | "
+            print(f"| {name} ({sigma:.2f}) | {blocks} | {background} | {'latent/4' if pool else 'default'} | "
                   f"{fmt(E.mean([v for s in scores for v in s.objects]))} | "
                   f"{fmt(E.mean([s.ground for s in scores]))} | "
                   f"{fmt(E.mean([s.foreground for s in scores]))} |")

@@ -1,11 +1,21 @@
-"""Attention capture on a Stable Diffusion U-Net (ldm for SD1/SD2, sgm for SDXL, Forge's backend U-Net) whose
-cost per U-Net call does not grow with the number of captured layers.
+"""Attention capture on a Stable Diffusion U-Net (ldm for SD1/SD2, sgm for SDXL, Forge's backend U-Net) or an
+Anima-type diffusion transformer, whose cost per call does not grow with the number of captured layers (at a
+given memory budget).
 
 The WebUIs replace the attention forward with fused kernels (sdp, xformers, split ...) that never form attention
 probabilities; but every one of them runs the block's own ``to_q`` and ``to_k`` projections. So nothing is
 recomputed: a forward hook on ``to_q``/``to_k`` of each captured block's self- (``attn1``) and cross-attention
 (``attn2``) keeps a reference to the projection's output (no tensor operation at all; the keys include what a
-hypernetwork did to the context). The per-layer work is batched:
+hypernetwork did to the context).
+
+A diffusion transformer of Anima's type (Forge Neo ``backend/nn/anima.py``: per block a self-attention over the
+image tokens and a cross-attention to the text) applies q/k norms and, in the self-attention, a rotary embedding
+after its projections, then calls its module's ``attention_function``. There the module global is replaced for
+the duration by one that hands q and k to the stash, exactly as the attention gets them, and calls the original;
+a forward pre-hook on each attention module says whose call it is. Its text has no start token: each row's
+background is its null context (Anima pads the text with zero vectors, whose keys are exactly zero).
+
+The per-layer work is batched:
 
 * the stashed layers are grouped by shape (SD1/SD2: the latent/4 blocks, the latent/8 middle block; SDXL: its
   60 latent/4 blocks) and each group is processed with a fixed number of operations: one ``cat`` of all its
@@ -39,6 +49,9 @@ CHUNK_TOKENS = 77  # CLIP context chunk: A1111/Forge concatenate 77-token chunks
 MIN_BUDGET_BYTES = 64 * 2**20  # memory budget floor for the stash and its processing
 BUDGET_FRACTION = 0.04  # default budget: this fraction of the U-Net's parameter bytes (or the floor)
 _SLOTS = 4  # attn1.to_q, attn1.to_k, attn2.to_q, attn2.to_k
+# a DiT's maps are read at latent/4 (not at its latent/2 token grid) when that grid has at least this many cells
+# on its shorter side: the official code's grid for SD1.5 at 512² (16x16); Anima at 1024² gets 32x32
+MIN_POOLED_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -227,11 +240,13 @@ class AttentionCapture:
     ``"start"`` on a U-Net, ``"null"`` on a diffusion transformer). ``blocks``: the indices of the transformer
     blocks a diffusion transformer is read at (default all). ``pool``: read a diffusion transformer's maps at the
     segmentation grid (latent/4: every other query row and column of a patch-2 token grid, key columns summed
-    per grid cell), which costs a quarter of the full token grid's self-attention scores.
+    per grid cell), which costs a quarter of the full token grid's self-attention scores; default (None): when
+    that grid is at least ``MIN_POOLED_SIDE`` cells on its shorter side.
     """
 
     def __init__(self, refine: str = "official", foreground: str = "cond", memory_budget: int | None = None,
-                 background: str | None = None, blocks: Sequence[int] | None = None, pool: bool = False) -> None:
+                 background: str | None = None, blocks: Sequence[int] | None = None, pool: bool | None = None
+                 ) -> None:
         if refine not in M.REFINE_MODES:
             raise ValueError(f"refine must be one of {M.REFINE_MODES}, got {refine!r}")
         if foreground not in ("cond", "uncond"):
@@ -472,7 +487,10 @@ class AttentionCapture:
         if queue is None:
             queue = self._pending[key] = []
             stash = sum(t.numel() * t.element_size() for t in tensors)
-            stride = max(1, 4 // layer.factor) if self.pool and split else 1
+            stride = max(1, 4 // layer.factor) if split else 1
+            pooled_side = -(-min(hw) // stride)
+            if not (self.pool or (self.pool is None and pooled_side >= MIN_POOLED_SIDE)):
+                stride = 1
             self._groups[key] = _Group(len(call.rows), n, t, c, heads, hw, scale1, scale2, stash, layer.factor,
                                        split, stride)
         queue.append((i, tensors, [_version(t) for t in tensors]))

@@ -1,5 +1,6 @@
-"""S-CFG's regions are semantic: on the trained miniature model (scfg_ext/miniature), through the stand-in A1111
-and Forge pipelines, each object word's region overlaps that object's exact mask.
+"""S-CFG's regions are semantic: on the trained miniature models (scfg_ext/miniature: the U-Net and the diffusion
+transformer with Anima's blocks), through the stand-in A1111 and Forge pipelines, each object word's region
+overlaps that object's exact mask.
 
 img2img from the ground-truth scene (``denoising_strength`` ``STRENGTH``): the first guided step sees the scene
 noised to a known level, so the world's masks are exact for it. Batch 2 with a different prompt per image, and an
@@ -34,9 +35,12 @@ MEAN_OBJECT_IOU = 0.28  # the mean over all objects of a test (measured 0.36-0.4
 FOREGROUND_IOU = 0.2
 
 
-@pytest.fixture(scope="module")
-def mini():
-    return E.Miniature.load()
+MODELS = {"unet": (None, None), "dit": (MM.DIT_WEIGHTS, MM.DIT_WEIGHTS_SHA256)}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def mini(request):
+    return E.Miniature.load(*MODELS[request.param])
 
 
 def contexts(mini, prompts):
@@ -68,14 +72,15 @@ def seen(monkeypatch):
     return first
 
 
-def batch_scores(maps, scenes):
-    return [E.scene_scores(maps, i, s) for i, s in enumerate(scenes)]
+def batch_scores(mini, maps, scenes):
+    return [E.scene_scores(maps, i, s, first=mini.tokenizer.first_word) for i, s in enumerate(scenes)]
 
 
-def and_scores(maps, scene):
-    """Sub-prompt k of the AND prompt names object k alone ("a <colour> <shape>", words at 2 and 3)."""
+def and_scores(mini, maps, scene):
+    """Sub-prompt k of the AND prompt names object k alone ("a <colour> <shape>", the words after "a")."""
     masks = scene.masks()
-    return [E.iou(E.word_region(maps.regions[Cond(0, k)], [2, 3]), masks[k]) for k in range(len(scene.objects))]
+    words = [mini.tokenizer.first_word + 1, mini.tokenizer.first_word + 2]
+    return [E.iou(E.word_region(maps.regions[Cond(0, k)], words), masks[k]) for k in range(len(scene.objects))]
 
 
 def assert_semantic(object_ious, foreground_ious=()):
@@ -112,7 +117,7 @@ def test_a1111_batch_of_two_prompts(mini, a1111, seen):
     scenes = SCENES[:2]
     cond, uncond = contexts(mini, [s.caption for s in scenes])
     a1111_img2img(a1111, [[(c, 1.0)] for c in cond], uncond, scenes)
-    scores = batch_scores(seen, scenes)
+    scores = batch_scores(mini, seen, scenes)
     assert_semantic([v for s in scores for v in s.objects], [s.foreground for s in scores])
 
 
@@ -120,7 +125,7 @@ def test_a1111_and_prompt_gives_each_sub_prompt_its_object(mini, a1111, seen):
     scene = SCENES[0]
     prompts, uncond = and_prompt(mini, scene)
     a1111_img2img(a1111, prompts, uncond, [scene])
-    assert_semantic(and_scores(seen, scene))
+    assert_semantic(and_scores(mini, seen, scene))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -165,7 +170,7 @@ def test_a_broken_capture_fails_the_thresholds(mini, a1111, seen, monkeypatch, b
     cond, uncond = contexts(mini, [s.caption for s in scenes])
     break_capture(monkeypatch)
     a1111_img2img(a1111, [[(c, 1.0)] for c in cond], uncond, scenes)
-    scores = batch_scores(seen, scenes)
+    scores = batch_scores(mini, seen, scenes)
     objects = [v for s in scores for v in s.objects]
     with pytest.raises(AssertionError):
         assert_semantic(objects)
@@ -176,8 +181,8 @@ def test_a_broken_capture_fails_the_thresholds(mini, a1111, seen, monkeypatch, b
 
 
 @pytest.fixture(scope="module")
-def forge(a1111):
-    mini = E.Miniature.load()  # a U-Net of its own: forge_model installs Forge's block dispatch on it
+def forge(mini, a1111):
+    mini = E.Miniature.load(mini.path, mini.sha256)  # a net of its own: forge_model installs Forge's block dispatch
     with forge_webui() as webui:
         yield webui, H.build_runner(webui, is_img2img=True), forge_model(mini.net)
 
@@ -193,7 +198,7 @@ def test_forge_batch_of_two_prompts(mini, forge, seen):
     scenes = SCENES[1:3]
     cond, uncond = contexts(mini, [s.caption for s in scenes])
     forge_img2img(forge, [[(c, 1.0)] for c in cond], uncond, scenes)
-    scores = batch_scores(seen, scenes)
+    scores = batch_scores(mini, seen, scenes)
     assert_semantic([v for s in scores for v in s.objects], [s.foreground for s in scores])
 
 
@@ -201,4 +206,4 @@ def test_forge_and_prompt_gives_each_sub_prompt_its_object(mini, forge, seen):
     scene = SCENES[0]
     prompts, uncond = and_prompt(mini, scene)
     forge_img2img(forge, prompts, uncond, [scene])
-    assert_semantic(and_scores(seen, scene))
+    assert_semantic(and_scores(mini, seen, scene))

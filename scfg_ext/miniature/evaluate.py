@@ -44,6 +44,7 @@ class Miniature:
     tokenizer: MM.Tokenizer
     denoiser: torch.nn.Module
     sha256: str | None = None
+    path: object = None  # the weights file
     capture: dict = field(default_factory=dict)  # AttentionCapture options of every run (background, blocks, pool)
 
     def scfg_run(self, settings: Settings, **kwargs) -> ScfgRun:
@@ -57,7 +58,7 @@ class Miniature:
         from .. import testbed
 
         te, net, meta = MM.load(path, sha256)
-        return cls(te, net, meta.tokenizer, testbed.k_denoiser(net), meta.sha256)
+        return cls(te, net, meta.tokenizer, testbed.k_denoiser(net), meta.sha256, meta.path)
 
     def contexts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return MM.contexts(self.text_encoder, self.tokenizer, list(prompts))
