@@ -30,9 +30,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS, STRENGTH, CFG = 10, 0.5, 7.5
 # scenes of the evaluation stream (bench/quality.py), fixed before any threshold was set: 2, 2 and 3 objects
 SCENES = [W.make_scene(W.scene_seed(E.EVAL_STREAM, i)) for i in (16, 27, 3)]
-OBJECT_IOU = 0.1  # each object word's region vs its mask
-MEAN_OBJECT_IOU = 0.28  # the mean over all objects of a test (measured 0.36-0.43; broken captures 0.00-0.20)
-FOREGROUND_IOU = 0.2
+# (each object word's region vs its mask, the mean over all objects of a test, each foreground)
+THRESHOLDS = {
+    "unet": (0.1, 0.28, 0.2),  # measured: means 0.36-0.43; broken captures 0.00-0.20
+    # measured: each 0.09-0.48, means 0.23-0.31, foregrounds 0.13-0.42; broken captures 0.00-0.35, means 0.10-0.14
+    "dit": (0.05, 0.2, 0.1),
+}
 
 
 MODELS = {"unet": (None, None), "dit": (MM.DIT_WEIGHTS, MM.DIT_WEIGHTS_SHA256)}
@@ -83,11 +86,12 @@ def and_scores(mini, maps, scene):
     return [E.iou(E.word_region(maps.regions[Cond(0, k)], words), masks[k]) for k in range(len(scene.objects))]
 
 
-def assert_semantic(object_ious, foreground_ious=()):
-    assert min(object_ious) > OBJECT_IOU, object_ious
-    assert sum(object_ious) / len(object_ious) > MEAN_OBJECT_IOU, object_ious
+def assert_semantic(mini, object_ious, foreground_ious=()):
+    each, mean, foreground = THRESHOLDS["dit" if is_dit(mini) else "unet"]
+    assert min(object_ious) > each, object_ious
+    assert sum(object_ious) / len(object_ious) > mean, object_ious
     for f in foreground_ious:
-        assert f > FOREGROUND_IOU, foreground_ious
+        assert f > foreground, foreground_ious
 
 
 def and_prompt(mini, scene):
@@ -100,8 +104,14 @@ def and_prompt(mini, scene):
 # A1111
 
 
+def is_dit(mini) -> bool:
+    return mini.tokenizer.first_word == 0
+
+
 @pytest.fixture(scope="module")
 def a1111(mini):
+    if is_dit(mini):
+        pytest.skip("A1111 runs no diffusion transformer")
     webui = H.load_webui()
     return webui, H.build_runner(webui, is_img2img=True), H.sd_model(mini.net)
 
@@ -118,40 +128,40 @@ def test_a1111_batch_of_two_prompts(mini, a1111, seen):
     cond, uncond = contexts(mini, [s.caption for s in scenes])
     a1111_img2img(a1111, [[(c, 1.0)] for c in cond], uncond, scenes)
     scores = batch_scores(mini, seen, scenes)
-    assert_semantic([v for s in scores for v in s.objects], [s.foreground for s in scores])
+    assert_semantic(mini, [v for s in scores for v in s.objects], [s.foreground for s in scores])
 
 
 def test_a1111_and_prompt_gives_each_sub_prompt_its_object(mini, a1111, seen):
     scene = SCENES[0]
     prompts, uncond = and_prompt(mini, scene)
     a1111_img2img(a1111, prompts, uncond, [scene])
-    assert_semantic(and_scores(mini, seen, scene))
+    assert_semantic(mini, and_scores(mini, seen, scene))
 
 
 # ------------------------------------------------------------------------------------------------------
 # the thresholds catch a broken capture
 
 
+def declare_wrong_roles(monkeypatch, wrong):
+    """Rows declared with ``wrong(roles)``, per step (A1111) and per call (Forge)."""
+    for name in ("plan_step", "plan_call"):
+        original = getattr(AttentionCapture, name)
+        monkeypatch.setattr(AttentionCapture, name, lambda self, roles, original=original: original(
+            self, wrong(roles) if roles else roles))
+
+
 def swap_roles(monkeypatch):
-    original = AttentionCapture.plan_step
-
-    def plan_step(self, roles):
-        swapped = [Uncond(r.image) if isinstance(r, Cond) else Cond(r.image) if isinstance(r, Uncond) else r
-                   for r in roles]
-        return original(self, swapped)
-
-    monkeypatch.setattr(AttentionCapture, "plan_step", plan_step)
+    declare_wrong_roles(monkeypatch, lambda roles: [
+        Uncond(r.image) if isinstance(r, Cond) else Cond(r.image) if isinstance(r, Uncond) else r for r in roles])
 
 
 def mix_images(monkeypatch):
     """Each image's cond rows declared as another image's (the batch's maps mixed up)."""
-    original = AttentionCapture.plan_step
-
-    def plan_step(self, roles):
+    def mixed(roles):
         n = 1 + max(r.image for r in roles)
-        return original(self, [Cond(n - 1 - r.image, r.index) if isinstance(r, Cond) else r for r in roles])
+        return [Cond(n - 1 - r.image, r.index) if isinstance(r, Cond) else r for r in roles]
 
-    monkeypatch.setattr(AttentionCapture, "plan_step", plan_step)
+    declare_wrong_roles(monkeypatch, mixed)
 
 
 def transpose_maps(monkeypatch):
@@ -165,15 +175,20 @@ def tokens_off_by_one(monkeypatch):
 
 
 @pytest.mark.parametrize("break_capture", [swap_roles, mix_images, transpose_maps, tokens_off_by_one])
-def test_a_broken_capture_fails_the_thresholds(mini, a1111, seen, monkeypatch, break_capture):
+def test_a_broken_capture_fails_the_thresholds(mini, request, seen, monkeypatch, break_capture):
+    if is_dit(mini) and break_capture is tokens_off_by_one:
+        # the DiT's colour and shape words own nearly the same cells (measured: one position off scores 0.26,
+        # right 0.25), so a shift by one word lands on the same object: this break is the U-Net's to catch
+        pytest.skip("the DiT's neighbouring words share their maps")
     scenes = SCENES[:2]
     cond, uncond = contexts(mini, [s.caption for s in scenes])
     break_capture(monkeypatch)
-    a1111_img2img(a1111, [[(c, 1.0)] for c in cond], uncond, scenes)
+    run = (forge_img2img, "forge") if is_dit(mini) else (a1111_img2img, "a1111")
+    run[0](request.getfixturevalue(run[1]), [[(c, 1.0)] for c in cond], uncond, scenes)
     scores = batch_scores(mini, seen, scenes)
     objects = [v for s in scores for v in s.objects]
     with pytest.raises(AssertionError):
-        assert_semantic(objects)
+        assert_semantic(mini, objects)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -181,7 +196,7 @@ def test_a_broken_capture_fails_the_thresholds(mini, a1111, seen, monkeypatch, b
 
 
 @pytest.fixture(scope="module")
-def forge(mini, a1111):
+def forge(mini):
     mini = E.Miniature.load(mini.path, mini.sha256)  # a net of its own: forge_model installs Forge's block dispatch
     with forge_webui() as webui:
         yield webui, H.build_runner(webui, is_img2img=True), forge_model(mini.net)
@@ -199,11 +214,11 @@ def test_forge_batch_of_two_prompts(mini, forge, seen):
     cond, uncond = contexts(mini, [s.caption for s in scenes])
     forge_img2img(forge, [[(c, 1.0)] for c in cond], uncond, scenes)
     scores = batch_scores(mini, seen, scenes)
-    assert_semantic([v for s in scores for v in s.objects], [s.foreground for s in scores])
+    assert_semantic(mini, [v for s in scores for v in s.objects], [s.foreground for s in scores])
 
 
 def test_forge_and_prompt_gives_each_sub_prompt_its_object(mini, forge, seen):
     scene = SCENES[0]
     prompts, uncond = and_prompt(mini, scene)
     forge_img2img(forge, prompts, uncond, [scene])
-    assert_semantic(and_scores(mini, seen, scene))
+    assert_semantic(mini, and_scores(mini, seen, scene))

@@ -188,7 +188,7 @@ DIT_CONFIG: dict = dict(
     net=dict(in_channels=4, out_channels=4, patch=2, dim=64, depth=6, heads=4, context_dim=64),
 )
 DIT_WEIGHTS = WEIGHTS.with_name("dit.safetensors")
-DIT_WEIGHTS_SHA256: str | None = None
+DIT_WEIGHTS_SHA256: str | None = "cc5cdc4abadbb558b095bf3423837d0894300e81bc27600c1db84d4609f8016b"
 
 
 def tokenizer_for(config: dict) -> Tokenizer:
