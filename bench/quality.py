@@ -88,11 +88,11 @@ def table_regions(mini, scenes, levels, cfg, seed) -> None:
     print("|---|---|---|---|---|---|")
     everything = E.mean([E.iou(torch.ones(W.SIZE, W.SIZE, dtype=torch.bool), s.masks()[i])
                          for s in scenes for i in range(len(s.objects))])
+    first = mini.tokenizer.first_word
     for name, (_, sigma) in levels.items():
         x = E.noised(scenes, sigma, seed)
         for refine in REFINES:
             maps, _, _ = E.one_call(mini, prompts, x, sigma, cfg, Settings(enabled=True, refine=refine))
-            first = mini.tokenizer.first_word
             scores = [E.scene_scores(maps, i, s, first=first) for i, s in enumerate(scenes)]
             shifted = [E.scene_scores(maps, j, s, first=first) for i, s in enumerate(scenes)
                        if (j := other(scenes, i)) is not None]
@@ -114,7 +114,7 @@ def block_sets(depth: int) -> dict[str, list[int]]:
 def table_dit_choices(mini, scenes, levels, cfg, seed) -> None:
     from scfg_ext.capture import BACKGROUNDS, find_attention_layers
 
-    depth = len(find_attention_layers(mini.net))
+    sets = block_sets(len(find_attention_layers(mini.net)))
     prompts = [s.caption for s in scenes]
     first = mini.tokenizer.first_word
     print(f"\n## 5. Diffusion transformer choices: IoU with the exact masks (N={len(scenes)} scenes, noised ground "
@@ -123,11 +123,11 @@ def table_dit_choices(mini, scenes, levels, cfg, seed) -> None:
     print("| step (sigma) | blocks | background | grid | objects | ground | foreground |")
     print("|---|---|---|---|---|---|---|")
     choices = [("all", b, None) for b in ("null", "end", "image")] + [("all", "null", True)]
-    choices += [(name, "null", None) for name in block_sets(depth) if name != "all"]
+    choices += [(name, "null", None) for name in sets if name != "all"]
     for name, (_, sigma) in levels.items():
         x = E.noised(scenes, sigma, seed)
         for blocks, background, pool in choices:
-            options = {"blocks": block_sets(depth)[blocks], "background": background, "pool": pool}
+            options = {"blocks": sets[blocks], "background": background, "pool": pool}
             maps, _, _ = E.one_call(mini, prompts, x, sigma, cfg, Settings(enabled=True), capture=options)
             scores = [E.scene_scores(maps, i, s, first=first) for i, s in enumerate(scenes)]
             print(f"| {name} ({sigma:.2f}) | {blocks} | {background} | {'latent/4' if pool else 'default'} | "

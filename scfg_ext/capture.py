@@ -425,9 +425,10 @@ class AttentionCapture:
             if slots is None:
                 slots = self._open[i] = [None] * _SLOTS
             if slots[slot] is not None:
-                name = ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k")[slot]
                 if self.layers[i].function is not None:
-                    name = ("self-attention", "", "cross-attention", "")[slot & 2]
+                    name = "self-attention" if slot < 2 else "cross-attention"
+                else:
+                    name = ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k")[slot]
                 self._fail(f"{self.layers[i].name}.{name} ran more than once in one U-Net call")
                 return
             slots[slot] = output

@@ -22,6 +22,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ class Miniature:
     tokenizer: MM.Tokenizer
     denoiser: torch.nn.Module
     sha256: str | None = None
-    path: object = None  # the weights file
+    path: Path | None = None  # the weights file
     capture: dict = field(default_factory=dict)  # AttentionCapture options of every run (background, blocks, pool)
 
     def scfg_run(self, settings: Settings, **kwargs) -> ScfgRun:
