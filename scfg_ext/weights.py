@@ -7,7 +7,8 @@ applies to the rate of that token's region (after the equalisation, before the c
 
 Tokens are the strings the WebUI's CLIP tokenizer gives (``convert_ids_to_tokens``): a word ends with
 ``</w>``, a word split by BPE is its pieces without ``</w>`` then the last one with it; the context is made of
-77-token chunks, each ``<|startoftext|>``, the prompt's tokens, ``<|endoftext|>``, then padding.
+77-token chunks, each ``<|startoftext|>``, the prompt's tokens, ``<|endoftext|>``, then padding. T5's
+SentencePiece pieces (Anima) are first spelled that way by ``clip_style_tokens``; their context is one chunk.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+_BYTE_TO_UNICODE = _bytes_to_unicode()
+_UNICODE_TO_BYTE = {c: b for b, c in _BYTE_TO_UNICODE.items()}
 
 
 def _decode(pieces: str) -> str:
@@ -140,6 +142,34 @@ def _decode(pieces: str) -> str:
         return pieces
     data = bytes(_UNICODE_TO_BYTE.get(c, ord("?")) for c in pieces)
     return data.decode("utf-8", errors="replace")
+
+
+SENTENCEPIECE_SPACE = "\u2581"  # "▁": the piece starts a word
+
+
+def _kind(char: str) -> str:
+    return "letter" if char.isalpha() else "digit" if char.isdigit() else "symbol"
+
+
+def clip_style_tokens(pieces: Sequence[str], end: str = "</s>") -> list[str]:
+    """SentencePiece pieces (T5's ``convert_ids_to_tokens``) spelled as CLIP token strings, so one word logic
+    serves both: ``end`` becomes ``<|endoftext|>``; a piece ends a word (``</w>``) before a piece that starts
+    with ``▁``, before the end, and where CLIP's pre-tokenisation would cut (``horse`` ``,`` are two words to
+    CLIP: letters, digits and symbols never share a word); non-ASCII characters are spelled with CLIP's byte
+    characters, as ``_decode`` reads them."""
+    texts = [EOT if p == end else p.removeprefix(SENTENCEPIECE_SPACE) for p in pieces]
+    starts = [p.startswith(SENTENCEPIECE_SPACE) or p == end for p in pieces]
+    out = []
+    for i, text in enumerate(texts):
+        if text == EOT:
+            out.append(EOT)
+            continue
+        following = next((k for k in range(i + 1, len(texts)) if texts[k] or starts[k]), None)
+        ends = (following is None or starts[following] or texts[following] == EOT
+                or bool(text) and _kind(text[-1]) != _kind(texts[following][0]))
+        spelled = "".join(_BYTE_TO_UNICODE[b] for b in text.encode("utf-8")) if not text.isascii() else text
+        out.append(spelled + END_OF_WORD if ends else spelled)
+    return out
 
 
 def is_special(token: str) -> bool:
@@ -155,7 +185,7 @@ def context_words(tokens: Sequence[str], chunk: int = CHUNK) -> list[Word]:
 
     def close(at_chunk: int) -> None:
         nonlocal text, positions
-        if positions:
+        if positions and text:  # a lone "▁" before the end is no word
             words.append(Word(_decode(text).lower(), tuple(positions), at_chunk))
         text, positions = "", []
 
@@ -178,6 +208,18 @@ def context_words(tokens: Sequence[str], chunk: int = CHUNK) -> list[Word]:
     return words
 
 
+def _join_numbers(words: Sequence[Word]) -> list[Word]:
+    """Runs of number words of one chunk as one word: CLIP makes a word of every digit, T5 one of the number."""
+    out: list[Word] = []
+    for word in words:
+        last = out[-1] if out else None
+        if last and word.text.isdigit() and last.text.isdigit() and last.chunk == word.chunk:
+            out[-1] = Word(last.text + word.text, last.positions + word.positions, word.chunk)
+        else:
+            out.append(word)
+    return out
+
+
 def _find(words: Sequence[Word], phrase: tuple[str, ...]) -> list[int]:
     n = len(phrase)
     return [i for i in range(len(words) - n + 1)
@@ -193,15 +235,16 @@ def token_weights(entries: Sequence[WeightEntry], tokens: Sequence[str], *, chun
     word given twice in the prompt is weighted at both places) and covers all tokens of those words, BPE
     pieces included. Overlaps: the phrase with more words wins its tokens (``red shirt: 1.2`` beats ``red:
     2`` on "red shirt", ``red`` still counts elsewhere); between phrases of equal length the first entry
-    wins. An entry found in the prompt is not reported even if longer phrases took all its tokens.
+    wins. An entry found in the prompt is not reported even if longer phrases took all its tokens. A number is
+    one word (``1990: 2`` weights all of "1990", not a "9" in it), whether the tokenizer splits its digits.
     """
     out = torch.ones(len(tokens), dtype=torch.float32)
-    words = context_words(tokens, chunk)
+    words = _join_numbers(context_words(tokens, chunk))
     taken: set[int] = set()
     found: set[int] = set()
     order = sorted(range(len(entries)), key=lambda k: (-len(entries[k].words), k))
     for k in order:
-        phrase = entries[k].words
+        phrase = tuple(w.text for w in _join_numbers([Word(w, (), 0) for w in entries[k].words]))
         for start in _find(words, phrase):
             found.add(k)
             for word in words[start: start + len(phrase)]:

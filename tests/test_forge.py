@@ -9,6 +9,8 @@ patch (SAG's way).
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import webui_harness as H
@@ -463,6 +465,54 @@ def test_an_anima_type_dit_is_served(webui, txt2img, dit_model):
     assert torch.equal(off, plain) and not torch.equal(on, plain)
     assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
     assert hook_count(net) == 0 and dit.attention_function is function
+
+
+def anima_context(seed: int, tokens: int) -> torch.Tensor:
+    """An Anima context: ``tokens`` embedded T5 positions (the prompt and ``</s>``), zeros to 512."""
+    out = torch.zeros(512, 768)
+    out[:tokens] = emb(seed, tokens)
+    return out
+
+
+def test_anima_maps_and_word_weights_read_its_t5_tokens(webui, txt2img, dit_model, token_weights_seen, monkeypatch):
+    """Anima's engine (``text_processing_engine_anima``, no ``text_processing_engine``) labels the maps and places
+    the word weights by its T5 tokens, in one 512-position chunk; an unmatched word gets its notice."""
+    from backend.text_processing.anima_engine import AnimaTextProcessingEngine
+
+    from scfg_ext.webui import maps
+
+    _, model = dit_model
+    monkeypatch.delattr(model, "text_processing_engine")
+    monkeypatch.setattr(model, "cond_stage_model", types.SimpleNamespace())  # Neo: the text encoders' holder
+    monkeypatch.setattr(model, "text_processing_engine_anima", AnimaTextProcessingEngine(), raising=False)
+    labels_seen = []
+    original = maps.picture
+    monkeypatch.setattr(maps, "picture", lambda base, kept, labels, title: labels_seen.append(labels) or original(
+        base, kept, labels, title))
+    prompt = "a red horse"  # ▁ a ▁red ▁horse </s>
+    _, p = forge_generate(webui, txt2img, model, [[(anima_context(1, 5), 1.0)]], [anima_context(4, 1)], size=SIZE,
+                          steps=STEPS, texts=[prompt], args=H.script_args(
+                              txt2img, enabled=True, show_maps=True, word_weights="horse: 0, zebra: 2"))
+    assert token_weights_seen and all(w.shape == (512,) for w in token_weights_seen)
+    assert torch.nonzero(token_weights_seen[0] != 1).flatten().tolist() == [3] and token_weights_seen[0][3] == 0
+    assert labels_seen and labels_seen[0][:6] == ["a", "a", "red", "horse", "start/padding", "start/padding"]
+    assert len(labels_seen[0]) == 512
+    notice = p.extra_generation_params[infotext.NOTICE_KEY]
+    assert '"zebra" matches no word of the prompt' in notice and "could not read" not in notice
+
+
+def test_upstream_neos_anima_tokenizer_gives_the_same_tokens():
+    """Upstream Neo's Anima engine has no ``tokenize_line``; its ComfyUI-style ``t5_tokenizer`` gives the ids."""
+    from backend.text_processing import anima_engine
+
+    from scfg_ext.webui import maps
+
+    fork = anima_engine.AnimaTextProcessingEngine()
+    upstream = types.SimpleNamespace(t5_tokenizer=anima_engine.upstream_t5_tokenizer())
+    assert maps.prompt_engine(types.SimpleNamespace(text_processing_engine_anima=upstream)) is upstream
+    tokens = maps.t5_prompt_tokens(upstream, "a dog, a cat")
+    assert tokens == maps.t5_prompt_tokens(fork, "a dog, a cat") and len(tokens) == 512
+    assert tokens[:8] == ["", "a</w>", "dog</w>", ",</w>", "", "a</w>", "cat</w>", "<|endoftext|>"]
 
 
 @pytest.mark.parametrize("name, says", [

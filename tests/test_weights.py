@@ -13,6 +13,7 @@ from scfg_ext.masks import gaussian_smooth, guidance_rate, region_ratios
 from scfg_ext.weights import (
     WeightEntry,
     WeightsError,
+    clip_style_tokens,
     context_words,
     format_weights,
     parse_weights,
@@ -204,6 +205,36 @@ def test_non_ascii_words():
     tokens = context("caf", "Ã©</w>", "au</w>", "lait</w>")
     assert [w.text for w in context_words(tokens)] == ["café", "au", "lait"]
     assert at(tokens, W("Café au lait: 2", tokens), 2) == [1, 2, 3, 4]
+
+
+def test_t5_pieces_make_the_same_words():
+    """T5's SentencePiece pieces (as the real T5TokenizerFast gives them: "▁" starts a word, a lone "▁" before
+    "a") spelled CLIP-style: the same words and matches as CLIP's, in one chunk as long as the context."""
+    pieces = ["▁", "a", "▁red", "▁horse", "▁on", "▁", "a", "▁green", "▁field", ",", "▁café", "▁", "ze", "bra", "</s>"]
+    tokens = clip_style_tokens(pieces) + ["<pad>"] * 5
+    assert tokens[:4] == ["", "a</w>", "red</w>", "horse</w>"] and tokens[14] == EOT
+    words = context_words(tokens, chunk=len(tokens))
+    assert [w.text for w in words] == ["a", "red", "horse", "on", "a", "green", "field", ",", "café", "zebra"]
+    assert words[0].positions == (0, 1) and words[-1].positions == (11, 12, 13)
+    weights, missing = token_weights(parse_weights("red horse: 2, zebra: 3, field: 0, pad: 4"), tokens,
+                                     chunk=len(tokens))
+    assert weights.tolist() == [1, 1, 2, 2, 1, 1, 1, 1, 0, 1, 1, 3, 3, 3] + [1] * 6 and missing == ["pad"]
+
+
+def test_a_number_is_one_word_whatever_the_tokenizer():
+    clip = context("horse</w>", "1</w>", "9</w>", "9</w>", "0</w>", "s</w>")  # CLIP: a word per digit
+    t5 = clip_style_tokens(["▁horse", "▁1990", "s", "</s>"])
+    assert at(clip, W("1990: 2, 9: 3", clip), 2) == [2, 3, 4, 5]
+    assert token_weights(parse_weights("9: 3"), clip)[1] == ["9"]
+    assert token_weights(parse_weights("1990: 2"), t5, chunk=4)[0].tolist() == [1, 2, 1, 1]
+
+
+def test_t5_pieces_edge_cases():
+    # a piece that starts with another kind of character ends the word; a lone "▁" before the end is no word
+    tokens = clip_style_tokens(["▁horse", "s", "!", "▁", "</s>"])
+    assert tokens == ["horse", "s</w>", "!</w>", "</w>", EOT]
+    assert [w.text for w in context_words(tokens, 5)] == ["horses", "!"]
+    assert clip_style_tokens([]) == []
 
 
 # ---------------------------------------------------------------- effect on the rate

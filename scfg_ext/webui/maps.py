@@ -5,7 +5,8 @@ Tokens: both WebUIs' prompt engines have ``tokenize_line(text) -> (chunks, token
 ``chunk.tokens`` (A1111 ``modules/sd_hijack_clip.py`` ``TextConditionalModel``; Forge
 ``backend/text_processing/classic_engine.py`` ``ClassicTextProcessingEngine``) and an HF CLIP tokenizer with
 ``convert_ids_to_tokens`` (A1111 SD2's open_clip: its module's ``tokenizer.decoder``). ``prompt_engine`` finds
-the engine by that capability wherever the fork keeps it.
+the engine by that capability wherever the fork keeps it. Forge Neo's Anima conditions its DiT on its T5 tokens
+(``backend/text_processing/anima_engine.py``): they label its context, which is one chunk.
 
 Gallery: A1111 1.10 has no place for extra pictures, so they are appended to ``processed.images`` after the
 results (after the grid is made: not in it; X/Y/Z takes each cell's first image) with the infotext of their image
@@ -31,22 +32,28 @@ from PIL import Image
 from ..capture import Cond
 from ..guidance import KeptMaps
 from ..render import BG, SPECIAL_LABEL, rate_map, region_map, token_labels
-from ..weights import EOT, SOT, WeightEntry, token_weights
+from ..weights import CHUNK, EOT, SOT, WeightEntry, clip_style_tokens, token_weights
 
 SUFFIX = "-scfg-maps"
 _SPECIALS = {"<start_of_text>": SOT, "<end_of_text>": EOT}  # open_clip's names (A1111 SD2)
+T5_CONTEXT = 512  # Anima pads its context with zeros to 512 positions (anima_engine.py)
+T5_PAD = "<pad>"
 
 
 @dataclass
 class PassPrompts:
     """The batch of one sampling pass: ``texts[i][j]`` = image i's sub-prompt j, ``tokens[i][j]`` its CLIP
-    token strings (None when the tokenizer could not be used)."""
+    token strings (None when the tokenizer could not be used), in chunks of ``chunk`` (None: one chunk)."""
 
     iteration: int
     batch_size: int
     hires: bool
     texts: list[list[str]] = field(default_factory=list)
     tokens: list[list[list[str] | None]] = field(default_factory=list)
+    chunk: int | None = CHUNK
+
+    def chunk_of(self, tokens: Sequence[str]) -> int:
+        return self.chunk or len(tokens)
 
     def tokens_of(self, key: Cond) -> list[str] | None:
         try:
@@ -85,6 +92,21 @@ def prompt_tokens(engine, text: str) -> list[str]:
     return [_SPECIALS.get(s, s) for s in strings]
 
 
+def t5_prompt_tokens(engine, text: str) -> list[str]:
+    """Anima's context positions, CLIP-style (``weights.clip_style_tokens``): its T5 tokens of ``text``, the end
+    token, then padding to 512. The fork at 6e1e0d5 (nolanlane) has ``tokenize_line(text) -> [PromptChunk]``
+    with ``t5_tokens`` and an HF ``t5_tokenizer``; upstream Neo's ``t5_tokenizer`` is ComfyUI-style, with
+    ``tokenize_with_weights(text) -> [[(id, weight), ...]]`` around the HF one (``.tokenizer``)."""
+    t5 = engine.t5_tokenizer
+    if hasattr(t5, "tokenize_with_weights"):
+        ids = [int(token[0]) for token in t5.tokenize_with_weights(text)[0]]
+        t5 = t5.tokenizer
+    else:
+        ids = [int(t) for t in engine.tokenize_line(text)[0].t5_tokens]
+    tokens = clip_style_tokens(t5.convert_ids_to_tokens(ids), end=t5.eos_token)
+    return tokens + [T5_PAD] * (T5_CONTEXT - len(tokens))
+
+
 def _batch_prompts(p) -> list[str]:
     hires = getattr(p, "is_hr_pass", False)
     prompts = getattr(p, "hr_prompts", None) if hires else None
@@ -102,11 +124,13 @@ def prompt_engine(sd_model):
     ``sd20.py``), ``text_processing_engine_l`` (``sdxl.py``) or, for the SDXL refiner, ``text_processing_engine_g``;
     A1111 and reForge the hijacked ``cond_stage_model`` (SD1, SD2; ``modules/sd_hijack_clip.py``, reForge
     ``modules_forge/forge_loader.py`` wraps it as ``CLIP_SD_15_L``), for SDXL the first ``conditioner.embedders``
-    entry with ``tokenize_line`` (reForge: ``cond_stage_model`` is that conditioner)."""
-    names = ("text_processing_engine", "text_processing_engine_l", "text_processing_engine_g", "cond_stage_model")
+    entry with ``tokenize_line`` (reForge: ``cond_stage_model`` is that conditioner); Neo's Anima
+    ``text_processing_engine_anima`` (with ``t5_tokenizer``)."""
+    names = ("text_processing_engine", "text_processing_engine_l", "text_processing_engine_g",
+             "text_processing_engine_anima", "cond_stage_model")
     candidates = [getattr(sd_model, name, None) for name in names]
     candidates += getattr(getattr(sd_model, "conditioner", None), "embedders", None) or []
-    return next((e for e in candidates if hasattr(e, "tokenize_line")), None)
+    return next((e for e in candidates if hasattr(e, "tokenize_line") or hasattr(e, "t5_tokenizer")), None)
 
 
 def pass_prompts(p, notice: Callable[[str], None]) -> PassPrompts:
@@ -116,8 +140,11 @@ def pass_prompts(p, notice: Callable[[str], None]) -> PassPrompts:
         out.texts = [subprompts(prompt) for prompt in _batch_prompts(p)]
         engine = prompt_engine(p.sd_model)
         if engine is None:
-            raise LookupError("no CLIP prompt engine on this model")
-        out.tokens = [[prompt_tokens(engine, text) for text in image] for image in out.texts]
+            raise LookupError("no prompt engine on this model")
+        read = prompt_tokens
+        if hasattr(engine, "t5_tokenizer"):
+            read, out.chunk = t5_prompt_tokens, None
+        out.tokens = [[read(engine, text) for text in image] for image in out.texts]
     except Exception as e:  # noqa: BLE001 - labels fall back to "token N", weights are not applied
         notice(f"S-CFG could not read the prompt's tokens ({type(e).__name__}: {e}): word weights are not "
                "applied and the maps name tokens by position")
@@ -135,7 +162,7 @@ def word_weights(prompts: PassPrompts | None, entries: Sequence[WeightEntry], no
         for j, tokens in enumerate(image):
             if tokens is None:
                 continue
-            weights, missing = token_weights(entries, tokens)
+            weights, missing = token_weights(entries, tokens, chunk=prompts.chunk_of(tokens))
             out[Cond(i, j)] = weights
             unmatched = missing if unmatched is None else [m for m in unmatched if m in missing]
     if unmatched:
@@ -143,12 +170,12 @@ def word_weights(prompts: PassPrompts | None, entries: Sequence[WeightEntry], no
     return out
 
 
-def labels_for(tokens: Sequence[str] | None, count: int) -> list[str]:
+def labels_for(tokens: Sequence[str] | None, count: int, chunk: int = CHUNK) -> list[str]:
     """One label per context position of a map with ``count`` tokens (``render.token_labels``; a context Forge
     repeated to a common length repeats the labels, A1111's padding is padding); ``token N`` without tokens."""
     if not tokens:
         return [f"token {t}" for t in range(count)]
-    labels = token_labels(tokens)
+    labels = token_labels(tokens, chunk)
     while len(labels) < count:
         labels += labels[:count - len(labels)] if count % len(tokens) == 0 else [SPECIAL_LABEL] * (count - len(labels))
     return labels[:count]
@@ -188,7 +215,8 @@ def add_to_gallery(p, processed, kept: Sequence[PassMaps], settings) -> None:
         several = prompts is not None and key.image < len(prompts.texts) and len(prompts.texts[key.image]) > 1
         title = f"image {g + 1}" + (", hires" if prompts and prompts.hires else "") + \
             (f", AND {j + 1}" if several else "") + f", {settings.maps_step} step"
-        pictures.append(picture(base, maps, labels_for(tokens, maps.tokens), title))
+        labels = labels_for(tokens, maps.tokens, prompts.chunk_of(tokens) if tokens else CHUNK)
+        pictures.append(picture(base, maps, labels, title))
         owners.append(g)
     if not pictures:
         return
