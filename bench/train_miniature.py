@@ -234,9 +234,9 @@ def main(argv=None) -> None:
         raise SystemExit(f"--seed {EVAL_STREAM} is the evaluation stream (bench/quality.py, tests): train on another")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = copy.deepcopy(MM.DIT_CONFIG if args.arch == "anima" else MM.DEFAULT_CONFIG)
-    config["arch"] = args.arch
-    out = Path(args.out or (MM.DIT_WEIGHTS if args.arch == "anima" else MM.WEIGHTS))
+    base, default, sha_name = MM.TRAINED[args.arch]
+    config = copy.deepcopy(base)
+    out = Path(args.out or default)
     if args.channels:
         config["net"]["model_channels"] = args.channels
     text_encoder, net = MM.build(config, seed=args.seed)
@@ -333,12 +333,10 @@ def main(argv=None) -> None:
     print(f"done: {step} steps in {minutes:.1f} min; wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)", flush=True)
     print(f"sha256 {sha}", flush=True)
     if args.register:
-        dit = args.arch == "anima"
-        default, name = (MM.DIT_WEIGHTS, "DIT_WEIGHTS_SHA256") if dit else (MM.WEIGHTS, "WEIGHTS_SHA256")
         if out.resolve() != default.resolve():
             print("--register ignored: --out is not the default weights path", flush=True)
         else:
-            register(sha, name)
+            register(sha, sha_name)
     if args.sample_check:
         te, un, meta = MM.load(out, sha256=sha)
         sample_check(te, un, meta.tokenizer, args.sample_check, png=args.sample_png)

@@ -49,6 +49,7 @@ CHUNK_TOKENS = 77  # CLIP context chunk: A1111/Forge concatenate 77-token chunks
 MIN_BUDGET_BYTES = 64 * 2**20  # memory budget floor for the stash and its processing
 BUDGET_FRACTION = 0.04  # default budget: this fraction of the U-Net's parameter bytes (or the floor)
 _SLOTS = 4  # attn1.to_q, attn1.to_k, attn2.to_q, attn2.to_k
+JOINT = -1  # the armed slot of a joint attention, whose one call fills all four
 # a DiT's maps are read at latent/4 (not at its latent/2 token grid) when that grid has at least this many cells
 # on its shorter side: the official code's grid for SD1.5 at 512² (16x16); Anima at 1024² gets 32x32
 MIN_POOLED_SIDE = 16
@@ -85,6 +86,7 @@ class AttentionLayer:
     attn2: torch.nn.Module
     factor: int
     function: types.ModuleType | None = None
+    joint: int = 0  # a joint attention over [text | image] (then attn1 is attn2): the image tokens' pad multiple
 
 
 def _has_class(module: torch.nn.Module, name: str) -> bool:
@@ -114,6 +116,25 @@ def find_dit_layers(net: torch.nn.Module) -> list[AttentionLayer]:
     return found
 
 
+def find_joint_layers(net: torch.nn.Module) -> list[AttentionLayer]:
+    """The main blocks of a NextDiT (Forge Neo ``backend/nn/lumina.py``, Lumina 2 and Z-Image: ``layers[i]``
+    whose ``attention`` runs one joint attention over ``[caption | image]`` through its module's
+    ``attention_function``); empty for any other network. The refiners before them (caption or image alone) are
+    not read. Z-Image pads the image tokens to a multiple of ``pad_tokens_multiple``."""
+    layers, patch = getattr(net, "layers", None), getattr(net, "patch_size", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not isinstance(patch, int) or not len(layers):
+        return []
+    pad = getattr(net, "pad_tokens_multiple", None) or 1
+    found = []
+    for i, block in enumerate(layers):
+        attention = getattr(block, "attention", None)
+        module = sys.modules.get(type(attention).__module__)
+        if attention is None or not callable(getattr(module, ATTENTION_FUNCTION, None)):
+            return []
+        found.append(AttentionLayer(f"layers.{i}", attention, attention, patch, module, joint=pad))
+    return found
+
+
 def find_attention_layers(unet: torch.nn.Module, factors: Sequence[int] = (4, 8)) -> list[AttentionLayer]:
     """Transformer blocks of an ldm/sgm ``UNetModel`` at the given downsampling factors, or every block of an
     Anima-type diffusion transformer (``find_dit_layers``).
@@ -124,7 +145,7 @@ def find_attention_layers(unet: torch.nn.Module, factors: Sequence[int] = (4, 8)
     middle block; SDXL: its latent/4 blocks only (it has no latent/8 attention).
     """
     if not hasattr(unet, "input_blocks"):
-        return find_dit_layers(unet)
+        return find_dit_layers(unet) or find_joint_layers(unet)
     found: list[AttentionLayer] = []
 
     def collect(block: torch.nn.Module, prefix: str, factor: int) -> None:
@@ -269,6 +290,7 @@ class AttentionCapture:
         self._cursor = 0
         self._call: _CallMaps | None = None
         self._latent: tuple[int, int] | None = None
+        self._text: int | None = None  # the context length of the current call (a joint attention's text part)
         self._device = "cpu"
         self._open: dict[int, list] = {}  # layer index -> its four projections seen so far in this call
         self._pending: dict[tuple, list] = {}  # group key -> completed layers waiting to be processed
@@ -299,7 +321,8 @@ class AttentionCapture:
             dit = any(layer.function is not None for layer in self.layers)
             if dit and self.blocks is not None:
                 self.layers = [layer for i, layer in enumerate(self.layers) if i in self.blocks]
-            self.background = self.background_choice or ("null" if dit else "start")
+            joint = any(layer.joint for layer in self.layers)  # NextDiT: Lumina 2's text starts with <bos>
+            self.background = self.background_choice or ("null" if dit and not joint else "start")
             self._per_factor = {}
             for layer in self.layers:
                 self._per_factor[layer.factor] = self._per_factor.get(layer.factor, 0) + 1
@@ -311,7 +334,7 @@ class AttentionCapture:
             for i, layer in enumerate(self.layers):
                 if layer.function is not None:
                     self._wrap_attention_function(layer.function)
-                    for slot, attn in ((0, layer.attn1), (2, layer.attn2)):
+                    for slot, attn in ((JOINT, layer.attn1),) if layer.joint else ((0, layer.attn1), (2, layer.attn2)):
                         self._handles.append(attn.register_forward_pre_hook(self._arm(i, slot)))
                         self._handles.append(attn.register_forward_hook(self._disarm))
                     continue
@@ -343,13 +366,30 @@ class AttentionCapture:
         @functools.wraps(inner)
         def attention_function(q, k, v, heads, *args, **kwargs):
             armed, self._armed = self._armed, None
-            if armed is not None:
+            if armed is not None and armed[1] == JOINT:
+                self._stash_joint(armed[0], q, k)
+            elif armed is not None:
                 self._stash(armed[0], armed[1], q)
                 self._stash(armed[0], armed[1] + 1, k)
             return inner(q, k, v, heads, *args, **kwargs)
 
         setattr(module, ATTENTION_FUNCTION, attention_function)
         self._functions.append((module, attention_function))
+
+    def _stash_joint(self, i: int, q, k) -> None:
+        """A joint attention's q and k ``(B, H, text + image, D)``: the image queries against the image keys are
+        its self-attention, against the text keys its cross-attention (views: no copy)."""
+        layer = self.layers[i]
+        h, w = M.grid_size(self._latent, layer.factor)
+        n, text = h * w, self._text
+        start = q.shape[2] - -(-n // layer.joint) * layer.joint  # the image tokens (then Z-Image's pad tokens)
+        if q.dim() != 4 or text is None or not 0 < text <= start:
+            self._fail(f"the joint attention of {layer.name} does not hold a {text}-token text before a {h}x{w} "
+                       f"image (q {tuple(q.shape)})")
+            return
+        image_q = q[:, :, start:start + n]
+        for slot, t in enumerate((image_q, k[:, :, start:start + n], image_q, k[:, :, :text])):
+            self._stash(i, slot, t)
 
     def _arm(self, i: int, slot: int):
         def hook(module, args):
@@ -389,6 +429,8 @@ class AttentionCapture:
         self._cursor += n
         roles += [None] * (n - len(roles))
         self._latent = tuple(x.shape[-2:])
+        context = kwargs.get("context", args[2] if len(args) > 2 else None)
+        self._text = context.shape[1] if isinstance(context, torch.Tensor) and context.dim() == 3 else None
         self._device = x.device.type
         self._drop()
         call = _CallMaps(roles, self.foreground == "uncond")

@@ -37,6 +37,10 @@ CASES = {  # (prompts, negative prompts): per image, its (cond, weight) sub-prom
     # (backend/sampling/condition.py:129-131), where A1111 keeps each image's own
     "batch 2 + AND": ([[(A, 1.0), (B, 0.5)], [(C, 1.0), (A, 0.5)]], [NEG, NEG2]),
     "154-token prompt, 77-token negative": ([[(LONG, 1.0)]], [NEG]),
+    # more than 4x the negative's length: Forge can't batch them and runs the prompt first, alone; with AND the
+    # short sub-prompt is batched with the uncond (uncond first), the long one ran before it
+    "385-token prompt": ([[(emb(7, 385), 1.0)]], [NEG]),
+    "AND with a 385-token sub-prompt": ([[(emb(7, 385), 1.0), (B, 0.6)]], [NEG]),
 }
 
 WEIGHTED_AND = "AND, a word weight on sub-prompt 2"
@@ -286,18 +290,6 @@ def test_inpaint(webui, img2img_runner, model):
     assert torch.equal(off, plain)
     assert torch.isfinite(on).all() and (on - plain).abs().max() > 1e-2
     assert infotext.NOTICE_KEY not in p.extra_generation_params
-
-
-def test_a_prompt_too_long_to_batch_with_its_negative_gets_a_notice(webui, txt2img, model):
-    """385 tokens against 77 (more than 4x): Forge runs the prompt first, before the uncond S-CFG needs."""
-    CASES["385-token prompt"] = ([[(emb(7, 385), 1.0)]], [NEG])
-    try:
-        plain, _ = generate(webui, None, model, "385-token prompt")
-        on, p = generate(webui, txt2img, model, "385-token prompt")
-    finally:
-        del CASES["385-token prompt"]
-    assert torch.equal(on, plain)
-    assert "before the negative prompt" in p.extra_generation_params[infotext.NOTICE_KEY]
 
 
 def test_a_model_without_a_unet_is_named_and_left_alone(webui, txt2img, model):

@@ -177,8 +177,15 @@ def _build_dit(net: dict) -> nn.Module:
     return MiniatureDiT(**net)
 
 
+def _build_nextdit(net: dict) -> nn.Module:
+    from .nextdit import MiniatureNextDiT
+
+    return MiniatureNextDiT(**net)
+
+
 # arch name -> builder(net config) -> module called as net(x, timesteps, context=context)
-ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {"unet": _build_unet, "anima": _build_dit}
+ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {"unet": _build_unet, "anima": _build_dit,
+                                                         "nextdit": _build_nextdit}
 
 # Anima's network (``dit.MiniatureDiT``) on the same world, text and schedule; its text as Anima's is: no start
 # token, the words, the end token, zero vectors. 6 blocks of width 64 (4 heads of 16), patch 2: 16x16 tokens
@@ -189,6 +196,19 @@ DIT_CONFIG: dict = dict(
 )
 DIT_WEIGHTS = WEIGHTS.with_name("dit.safetensors")
 DIT_WEIGHTS_SHA256: str | None = "cc5cdc4abadbb558b095bf3423837d0894300e81bc27600c1db84d4609f8016b"
+
+# Lumina 2's network (``nextdit.MiniatureNextDiT``: joint attention over [caption | image]) on the same world;
+# its text starts with a start token as Lumina 2's Gemma text does with <bos> (the miniature's is padded to 77)
+NEXTDIT_CONFIG: dict = dict(
+    DEFAULT_CONFIG, arch="nextdit",
+    net=dict(in_channels=4, out_channels=4, patch=2, dim=64, depth=6, heads=4, context_dim=64, refiner_depth=1),
+)
+NEXTDIT_WEIGHTS = WEIGHTS.with_name("nextdit.safetensors")
+NEXTDIT_WEIGHTS_SHA256: str | None = None
+
+# arch -> (config, committed weights, the name of their pinned sha256 here)
+TRAINED = {"unet": (DEFAULT_CONFIG, WEIGHTS, "WEIGHTS_SHA256"), "anima": (DIT_CONFIG, DIT_WEIGHTS, "DIT_WEIGHTS_SHA256"),
+           "nextdit": (NEXTDIT_CONFIG, NEXTDIT_WEIGHTS, "NEXTDIT_WEIGHTS_SHA256")}
 
 
 def tokenizer_for(config: dict) -> Tokenizer:

@@ -22,7 +22,7 @@ first; its latents are 5-D ``(B, C, 1, H, W)`` (one frame). The other families g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..capture import Cond, Uncond, find_attention_layers, find_dit_layers
@@ -48,7 +48,8 @@ class Step:
     conds_expected: int  # cond chunks Forge will run: the fewest AND sub-prompts of any image (zip)
     conds_seen: int = 0
     uncond: Any = None  # (B, C, H, W) once the uncond chunk has run
-    unguided: bool = False  # a cond chunk ran before the uncond
+    early: dict = field(default_factory=dict)  # Cond -> its output, for cond chunks that ran before the uncond
+    correction: dict = field(default_factory=dict)  # Cond -> guided - output of those, for the post-CFG function
 
 
 class Backend:
@@ -96,6 +97,7 @@ class Backend:
             return self._call(current, inner, cond_scale, apply_model, args)
 
         patcher.set_model_unet_function_wrapper(wrapper)
+        patcher.set_model_sampler_post_cfg_function(lambda args: self._correct(current, cond_scale, args))
         p.sd_model.forge_objects.unet = patcher
         current.stack.callback(self.steps.pop, id(current), None)
 
@@ -118,11 +120,8 @@ class Backend:
         if step is None or not run.active:
             return run_unet()  # S-CFG off this step, or this pass is over
         chunks = list(args["cond_or_uncond"])
-        if step.conds_seen >= step.conds_expected:  # the step's last chunks, or an extra call after its CFG
-            if UNCOND in chunks and step.uncond is None and step.unguided:
-                run.warn_once("Forge ran the prompt before the negative prompt (their lengths in 75-token chunks "
-                              "are too different to batch): those steps used plain CFG")
-            return run_unet()
+        if step.conds_seen >= step.conds_expected and not (UNCOND in chunks and step.early and step.uncond is None):
+            return run_unet()  # an extra call after the step's CFG (SAG, PAG)
         b = args["input"].shape[0] // len(chunks)
         roles, cond_chunks = [], []
         for k, kind in enumerate(chunks):
@@ -135,19 +134,18 @@ class Backend:
                 step.conds_seen += 1
         run.capture.plan_call(roles)
         out = run_unet()
+        conds = {Cond(i, j): out[k * b + i] for k, j in cond_chunks for i in range(b)}
         if UNCOND in chunks:
             step.uncond = out[chunks.index(UNCOND) * b:][:b]
-        if not cond_chunks:
+            if step.early:  # the cond chunks that ran first are corrected after Forge's CFG (_correct)
+                early = self._guided(run, step, step.early, cond_scale)
+                step.correction = {key: early[key] - step.early[key] for key in early}
+        if not conds:
             return out
         if step.uncond is None:  # no uncond this step (CFG 1, NGMS, Skip Early CFG), or it comes later
-            step.unguided = True
+            step.early.update(conds)
             return out
-        try:
-            conds = {Cond(i, j): out[k * b + i] for k, j in cond_chunks for i in range(b)}
-            guided = run.guided_conds(step.uncond, conds, cond_scale)
-        except Exception as e:  # noqa: BLE001 - never break the generation
-            run.warn_once(f"S-CFG failed on a step ({type(e).__name__}: {e}); that step used plain CFG")
-            return out
+        guided = self._guided(run, step, conds, cond_scale)
         if not guided:
             return out
         out = out.clone()
@@ -156,3 +154,27 @@ class Backend:
                 if Cond(i, j) in guided:
                     out[k * b + i] = guided[Cond(i, j)]
         return out
+
+    @staticmethod
+    def _guided(run, step: Step, conds: dict, cond_scale: float) -> dict:
+        try:
+            return run.guided_conds(step.uncond, conds, cond_scale)
+        except Exception as e:  # noqa: BLE001 - never break the generation
+            run.warn_once(f"S-CFG failed on a step ({type(e).__name__}: {e}); that step used plain CFG")
+            return {}
+
+    def _correct(self, current: Pass, cond_scale: float, args):
+        """Post-CFG: the step's cond chunks that ran before the uncond (a prompt and negative prompt whose
+        lengths Forge can't batch: usual on DiTs with free-length text) could not be replaced in time; add what
+        replacing them would have changed: Forge's CFG ``u + s * sum_j w_j (c_j - u)`` (``sampling_function_inner``)
+        is linear in each sub-prompt's output ``c_j``, so the change is ``s * sum_j w_j (guided_j - c_j)``."""
+        step = self.steps.get(id(current))
+        denoised = args["denoised"]
+        if step is None or not step.correction:
+            return denoised
+        weights = [float(c.get("strength", 1.0)) for c in args["cond"]]
+        denoised = denoised.clone()
+        for key, change in step.correction.items():
+            denoised[key.image] += cond_scale * weights[key.index] * change
+        step.correction = {}
+        return denoised
