@@ -9,6 +9,7 @@ patch (SAG's way).
 
 from __future__ import annotations
 
+import functools
 import types
 
 import pytest
@@ -507,8 +508,51 @@ def test_upstream_neos_anima_tokenizer_gives_the_same_tokens():
     assert tokens[:8] == ["", "a</w>", "dog</w>", ",</w>", "", "a</w>", "cat</w>", "<|endoftext|>"]
 
 
+@pytest.fixture(scope="module")
+def nextdit_model():
+    """Forge Neo with a NextDiT (Lumina 2 / Z-Image; the miniature's structure, random weights)."""
+    from scfg_ext.miniature.nextdit import MiniatureNextDiT
+
+    torch.manual_seed(0)
+    net = MiniatureNextDiT(dim=32, depth=3, heads=4, context_dim=768, axes=(2, 2, 4)).eval().requires_grad_(False)
+    return net, forge_model(net)
+
+
+def test_a_nextdit_is_served_when_its_prompts_run_before_the_negative(webui, txt2img, nextdit_model, monkeypatch):
+    """Lumina 2's texts have free lengths, so Forge rarely batches them: here AND sub-prompts of 37 and 50 tokens
+    and a 23-token negative each run alone, in Forge's order (sub-prompt 0, 1, then the uncond). S-CFG tells the
+    sub-prompts by their contexts and corrects after the CFG: the result equals the batched route's (the same
+    equal-length contexts once batched, uncond first), and with the real lengths it guides with no notice."""
+    from backend.sampling import sampling_function
+
+    from scfg_ext.miniature import nextdit
+
+    net, model = nextdit_model
+    function = nextdit.attention_function
+    assert forge.Backend().unsupported_reason(model) is None
+    run = functools.partial(forge_generate, webui, txt2img, model, size=SIZE, steps=STEPS, texts=["a AND b"],
+                            args=H.script_args(txt2img, enabled=True, word_weights="b: 0"))
+    equal = [[(emb(1, 37), 1.0), (emb(2, 37), 0.5)]], [emb(4, 37)]
+    batched, _ = run(*equal)
+    concat = sampling_function.can_concat_cond
+    monkeypatch.setattr(sampling_function, "can_concat_cond", lambda a, b: a is b)
+    alone, p = run(*equal)
+    assert close(alone, batched), (alone - batched).abs().max()
+    monkeypatch.setattr(sampling_function, "can_concat_cond", concat)
+
+    prompts, uncond = [[(emb(1, 37), 1.0), (emb(2, 50), 0.5)]], [emb(4, 23)]
+    plain, _ = forge_generate(webui, None, model, prompts, uncond, size=SIZE, steps=STEPS)
+    off, _ = forge_generate(webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS,
+                            args=H.script_args(txt2img, enabled=False))
+    on, p = forge_generate(webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS,
+                           args=H.script_args(txt2img, enabled=True))
+    assert torch.equal(off, plain) and (on - plain).abs().max() > 1e-2
+    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
+    assert hook_count(net) == 0 and nextdit.attention_function is function
+
+
 @pytest.mark.parametrize("name, says", [
-    ("NextDiT", "does not serve Lumina 2 / Z-Image"), ("IntegratedChromaTransformer2DModel", "does not serve Chroma"),
+    ("IntegratedChromaTransformer2DModel", "does not serve Chroma"),
     ("IntegratedFluxTransformer2DModel", "Flux is guidance-distilled: it runs at CFG 1"),
 ])
 def test_other_dits_are_named(name, says):

@@ -207,7 +207,8 @@ NEXTDIT_WEIGHTS = WEIGHTS.with_name("nextdit.safetensors")
 NEXTDIT_WEIGHTS_SHA256: str | None = None
 
 # arch -> (config, committed weights, the name of their pinned sha256 here)
-TRAINED = {"unet": (DEFAULT_CONFIG, WEIGHTS, "WEIGHTS_SHA256"), "anima": (DIT_CONFIG, DIT_WEIGHTS, "DIT_WEIGHTS_SHA256"),
+TRAINED = {"unet": (DEFAULT_CONFIG, WEIGHTS, "WEIGHTS_SHA256"),
+           "anima": (DIT_CONFIG, DIT_WEIGHTS, "DIT_WEIGHTS_SHA256"),
            "nextdit": (NEXTDIT_CONFIG, NEXTDIT_WEIGHTS, "NEXTDIT_WEIGHTS_SHA256")}
 
 

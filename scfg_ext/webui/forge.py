@@ -17,7 +17,10 @@ Calls after the step's cond chunks (SAG's and PAG's extra U-Net calls) are left 
 
 Forge Neo's diffusion transformers run through the same ``sampling_function`` and wrapper. Anima's (blocks with a
 self- and a cross-attention, ``backend/nn/anima.py``) is served: its 512-token contexts batch like SD's, uncond
-first; its latents are 5-D ``(B, C, 1, H, W)`` (one frame). The other families get a notice naming them.
+first; its latents are 5-D ``(B, C, 1, H, W)`` (one frame). NextDiT's (Lumina 2, Z-Image: one joint attention
+over text and image, ``backend/nn/lumina.py``) is served: its free-length texts rarely batch, so the prompt
+usually runs before the negative prompt and is corrected after Forge's CFG (``_correct``). The other families
+get a notice naming them.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..capture import Cond, Uncond, find_attention_layers, find_dit_layers
+import torch
+
+from ..capture import Cond, Uncond, find_attention_layers, find_dit_layers, find_joint_layers
 from .session import Pass
 
 COND, UNCOND = 0, 1  # Forge's cond_or_uncond values
 
 # Forge Neo's diffusion transformers S-CFG does not serve (yet), by their class in backend/nn/
 UNSERVED_DITS = {
-    "NextDiT": "Lumina 2 / Z-Image (NextDiT: one joint attention over text and image)",
     "QwenImageTransformer2DModel": "Qwen-Image (MMDiT: joint attention)",
     "NunchakuQwenImageTransformer2DModel": "Qwen-Image (MMDiT: joint attention)",
     "IntegratedChromaTransformer2DModel": "Chroma (MMDiT: joint attention)",
@@ -46,7 +50,9 @@ class Step:
     """The main U-Net calls of one denoiser step."""
 
     conds_expected: int  # cond chunks Forge will run: the fewest AND sub-prompts of any image (zip)
+    contexts: list = field(default_factory=list)  # sub-prompt j -> image 0's context at this step (to tell chunks)
     conds_seen: int = 0
+    seen: set = field(default_factory=set)  # the sub-prompts whose chunk has run
     uncond: Any = None  # (B, C, H, W) once the uncond chunk has run
     early: dict = field(default_factory=dict)  # Cond -> its output, for cond chunks that ran before the uncond
     correction: dict = field(default_factory=dict)  # Cond -> guided - output of those, for the post-CFG function
@@ -67,11 +73,11 @@ class Backend:
             return (f"{DISTILLED_DITS[net]} is guidance-distilled: it runs at CFG 1 with no negative prompt, so "
                     "there is no guidance to make semantic-aware")
         if net in UNSERVED_DITS:
-            return f"S-CFG does not serve {UNSERVED_DITS[net]} yet (it serves SD1, SD2, SDXL and Anima)"
+            return f"S-CFG does not serve {UNSERVED_DITS[net]} yet (it serves SD1, SD2, SDXL, Anima, Lumina 2, Z-Image)"
         if unet is None or not hasattr(patcher, "clone"):
             return f"{family} has no U-Net with cross-attention"
         if not hasattr(unet, "input_blocks"):
-            if find_dit_layers(unet):
+            if find_dit_layers(unet) or find_joint_layers(unet):
                 return None
             return f"{family} has no U-Net with cross-attention"
         if not find_attention_layers(unet):
@@ -107,8 +113,24 @@ class Backend:
             current.run.warn_once("another extension replaced S-CFG's U-Net function wrapper (Forge allows one; "
                                   "MultiDiffusion and Radial attention use it): S-CFG was not applied")
         batch = current.denoiser.sampler.sampler_extra_args["cond"].batch  # MulticondLearnedConditioning
-        self.steps[id(current)] = Step(min(len(prompts) for prompts in batch))
+        step = self.steps[id(current)] = Step(min(len(prompts) for prompts in batch))
+        # reconstruct_multicond_batch numbers the rows image by image: image 0's sub-prompt j is row j
+        text = getattr(params, "text_cond", None)
+        text = text.get("crossattn") if isinstance(text, dict) else text
+        if isinstance(text, torch.Tensor) and text.dim() == 3 and len(text) >= step.conds_expected:
+            step.contexts = list(text[: step.conds_expected])
         return []  # the roles are declared per U-Net call, from cond_or_uncond
+
+    @staticmethod
+    def _subprompt(step: Step, context) -> int:
+        """Which sub-prompt a cond chunk is, from its first row's context (Forge tiles a shorter one to the
+        batch's length); else by order: Forge runs a batch's chunks reversed (``to_batch_temp.reverse()``),
+        sub-prompt n-1 first, which holds whenever all of them batch together."""
+        if isinstance(context, torch.Tensor):
+            for j, ref in enumerate(step.contexts):
+                if j not in step.seen and len(context) >= len(ref) and torch.equal(context[: len(ref)], ref):
+                    return j
+        return step.conds_expected - 1 - step.conds_seen
 
     def _call(self, current: Pass, inner, cond_scale, apply_model, args):
         def run_unet():
@@ -123,12 +145,14 @@ class Backend:
         if step.conds_seen >= step.conds_expected and not (UNCOND in chunks and step.early and step.uncond is None):
             return run_unet()  # an extra call after the step's CFG (SAG, PAG)
         b = args["input"].shape[0] // len(chunks)
+        contexts = args["c"].get("c_crossattn")
         roles, cond_chunks = [], []
         for k, kind in enumerate(chunks):
             if kind == UNCOND:
                 roles += [Uncond(i) for i in range(b)]
-            else:  # Forge batches in reverse (to_batch_temp.reverse()): sub-prompt n-1 comes first, 0 last
-                j = step.conds_expected - 1 - step.conds_seen
+            else:
+                j = self._subprompt(step, contexts[k * b] if isinstance(contexts, torch.Tensor) else None)
+                step.seen.add(j)
                 cond_chunks.append((k, j))
                 roles += [Cond(i, j) for i in range(b)]
                 step.conds_seen += 1
