@@ -4,7 +4,9 @@ Models (random weights, ``scfg_ext.testbed``): ``sd15`` = the real ldm ``UNetMod
 (6 captured blocks); ``sdxl`` = ldm's classes in SDXL base's U-Net structure (``testbed.build_sdxl_unet``:
 60 captured latent/4 blocks); ``anima`` = the miniature DiT (``scfg_ext.miniature.dit``, Anima's blocks) at
 Anima 2B's size: 28 blocks of width 2048 (16 heads), a 1024-wide context of 512 tokens, 16 latent channels,
-patch 2 (a 64x64 token grid at 1024²). The attention forward is replaced by a ``scaled_dot_product_attention`` one, as
+patch 2 (a 64x64 token grid at 1024²); ``lumina2`` / ``zimage`` = the miniature NextDiT (joint attention) at Lumina 2's
+size (26 layers of width 2304, 24 heads, 2 refiners each) / Z-Image's (30 of 3840, 30 heads), a 256-token text.
+The attention forward is replaced by a ``scaled_dot_product_attention`` one, as
 A1111's "sdp" optimisation installs it. One U-Net call with the rows of ``--batches`` images: cond rows then
 uncond rows (batch 1 = 2 rows), roles ``Cond(i)``/``Uncond(i)``.
 
@@ -48,7 +50,8 @@ MiB = 2**20
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=["sd15", "sdxl", "anima"])
+    p.add_argument("--models", nargs="+", default=["sd15", "sdxl"],
+                   choices=["sd15", "sdxl", "anima", "lumina2", "zimage"])
     p.add_argument("--sizes", nargs="+", type=int, default=None,
                    help="image sizes in pixels (default: 512 for sd15, 1024 for sdxl)")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4], help="images per call (2 U-Net rows each)")
@@ -62,9 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--refine", default="official", choices=["official", "paper", "none"])
     p.add_argument("--foreground", default="cond", choices=["cond", "uncond"])
     p.add_argument("--budget-mib", type=float, default=None, help="capture memory budget (default: the capture's)")
-    p.add_argument("--pool", action="store_true", help="anima: read the maps at latent/4 at every size (default: "
+    p.add_argument("--pool", action="store_true", help="DiTs: read the maps at latent/4 at every size (default: "
                    "when that grid is at least capture.MIN_POOLED_SIDE cells across)")
-    p.add_argument("--blocks", default=None, help="anima: the blocks to read, e.g. 0,1,2 (default all)")
+    p.add_argument("--blocks", default=None, help="DiTs: the blocks to read, e.g. 0,1,2 (default all)")
     p.add_argument("--pkg-root", default=str(REPO_ROOT), help="directory holding the scfg_ext package to measure")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)
@@ -137,6 +140,17 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
+# the miniature NextDiT's classes at Lumina 2's size (Gemma 2 2B text) and Z-Image's (Qwen3 4B text; its pad
+# tokens to a multiple of 32 left out)
+NEXTDITS = {
+    "lumina2": dict(in_channels=16, out_channels=16, patch=2, dim=2304, depth=26, heads=24, context_dim=2304,
+                    refiner_depth=2, axes=(32, 32, 32)),
+    "zimage": dict(in_channels=16, out_channels=16, patch=2, dim=3840, depth=30, heads=30, context_dim=2560,
+                   refiner_depth=2, axes=(32, 48, 48)),
+}
+NEXTDIT_TOKENS = 256  # Lumina 2: <bos>, its ~35-token system template and the prompt
+
+
 def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -156,6 +170,15 @@ class Case:
             with torch.device(self.device):
                 self.unet = MiniatureDiT(**config).to(self.dtype).eval().requires_grad_(False)
             self.channels, self.tokens = 16, 512
+        elif model in NEXTDITS:
+            from scfg_ext.miniature.nextdit import MiniatureNextDiT
+
+            config = dict(NEXTDITS[model])
+            if args.small:
+                config.update(dim=128, depth=4, heads=4, context_dim=64, refiner_depth=1, axes=(8, 12, 12))
+            with torch.device(self.device):
+                self.unet = MiniatureNextDiT(**config).to(self.dtype).eval().requires_grad_(False)
+            self.channels, self.tokens = 16, NEXTDIT_TOKENS
         elif model == "sd15":
             config = testbed.small_config(testbed.SD15_UNET) if args.small else testbed.SD15_UNET
             self.unet = testbed.build_unet(config, dtype=self.dtype, device=self.device)
@@ -171,7 +194,7 @@ class Case:
             # embedding is made in float32); the counts are those of autocast, where the projections the capture
             # stashes are half too; activations all in half make the plain peak lower
             self.unet.dtype = self.dtype
-            embed = self.unet.t_embedder if model == "anima" else self.unet.time_embed
+            embed = self.unet.t_embedder if model != "sd15" and model != "sdxl" else self.unet.time_embed
             embed.register_forward_pre_hook(lambda m, args: (args[0].to(self.dtype),))
 
     def autocast(self):
@@ -195,7 +218,7 @@ class Case:
         kwargs = {"refine": a.refine, "foreground": a.foreground}
         if a.budget_mib is not None:
             kwargs["memory_budget"] = int(a.budget_mib * MiB)
-        if self.model == "anima":
+        if self.model not in ("sd15", "sdxl"):
             kwargs["pool"] = a.pool or None
             if a.blocks:
                 kwargs["blocks"] = [int(b) for b in a.blocks.split(",")]

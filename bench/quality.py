@@ -117,13 +117,16 @@ def table_dit_choices(mini, scenes, levels, cfg, seed) -> None:
     sets = block_sets(len(find_attention_layers(mini.net)))
     prompts = [s.caption for s in scenes]
     first = mini.tokenizer.first_word
+    # Anima's text has no start token but null padding; a NextDiT's (Lumina 2) starts with one
+    backgrounds = ("null", "end", "image") if first == 0 else ("start", "image")
+    default = backgrounds[0]
     print(f"\n## 5. Diffusion transformer choices: IoU with the exact masks (N={len(scenes)} scenes, noised ground "
           f"truth, CFG {cfg:g}, refine official)")
-    print("Backgrounds: " + "; ".join(f"{k}: {v}" for k, v in BACKGROUNDS.items() if k != "start") + ".\n")
+    print("Backgrounds: " + "; ".join(f"{k}: {BACKGROUNDS[k]}" for k in backgrounds) + ".\n")
     print("| step (sigma) | blocks | background | grid | objects | ground | foreground |")
     print("|---|---|---|---|---|---|---|")
-    choices = [("all", b, None) for b in ("null", "end", "image")] + [("all", "null", True)]
-    choices += [(name, "null", None) for name in sets if name != "all"]
+    choices = [("all", b, None) for b in backgrounds] + [("all", default, True)]
+    choices += [(name, default, None) for name in sets if name != "all"]
     for name, (_, sigma) in levels.items():
         x = E.noised(scenes, sigma, seed)
         for blocks, background, pool in choices:
@@ -244,7 +247,7 @@ def main(argv=None) -> None:
         mini.capture["pool"] = True
     scenes = [W.make_scene(W.scene_seed(E.EVAL_STREAM, i)) for i in range(args.n)]
     levels = step_levels(mini, args.steps)
-    network = "diffusion transformer" if mini.tokenizer.first_word == 0 else "U-Net"
+    network = type(mini.net).__name__
     print(f"# S-CFG quality on the miniature model ({MM.parameter_count(mini.net) / 1e6:.2f}M-parameter {network}, "
           f"weights sha256 {str(mini.sha256)[:12]}); scenes {args.n} of stream {E.EVAL_STREAM}, seed {args.seed}"
           + (f"; capture {mini.capture}" if mini.capture else ""))
