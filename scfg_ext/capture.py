@@ -291,6 +291,8 @@ class AttentionCapture:
         self._call: _CallMaps | None = None
         self._latent: tuple[int, int] | None = None
         self._text: int | None = None  # the context length of the current call (a joint attention's text part)
+        self._joint = False  # the layers are joint attentions (NextDiT)
+        self._starts: torch.Tensor | None = None  # (B, T) a joint model's start positions per row, this call
         self._device = "cpu"
         self._open: dict[int, list] = {}  # layer index -> its four projections seen so far in this call
         self._pending: dict[tuple, list] = {}  # group key -> completed layers waiting to be processed
@@ -321,8 +323,8 @@ class AttentionCapture:
             dit = any(layer.function is not None for layer in self.layers)
             if dit and self.blocks is not None:
                 self.layers = [layer for i, layer in enumerate(self.layers) if i in self.blocks]
-            joint = any(layer.joint for layer in self.layers)  # NextDiT: Lumina 2's text starts with <bos>
-            self.background = self.background_choice or ("null" if dit and not joint else "start")
+            self._joint = any(layer.joint for layer in self.layers)  # NextDiT: Lumina 2's text starts with <bos>
+            self.background = self.background_choice or ("null" if dit and not self._joint else "start")
             self._per_factor = {}
             for layer in self.layers:
                 self._per_factor[layer.factor] = self._per_factor.get(layer.factor, 0) + 1
@@ -431,6 +433,9 @@ class AttentionCapture:
         self._latent = tuple(x.shape[-2:])
         context = kwargs.get("context", args[2] if len(args) > 2 else None)
         self._text = context.shape[1] if isinstance(context, torch.Tensor) and context.dim() == 3 else None
+        self._starts = None
+        if self._text is not None and self._joint and self.background == "start":
+            self._starts = tile_starts(context)
         self._device = x.device.type
         self._drop()
         call = _CallMaps(roles, self.foreground == "uncond")
@@ -630,7 +635,13 @@ class AttentionCapture:
             del buf, buf4
         if g.stride > 1:
             sa = torch.matmul(sa, _pool_matrix(g.hw, g.stride, sa.device))  # keys summed per grid cell
-        pair_w = None if self.background == "start" else _row_backgrounds(z[0, :, 0, 3 * n :], self.background)
+        if self._starts is not None:  # a joint model's start: each row's first position and its tiles' firsts
+            starts = self._starts[list(rows)].to(z.device)
+            pair_w = torch.stack([starts, ~starts], 1).float()
+        elif self.background == "start":
+            pair_w = None
+        else:
+            pair_w = _row_backgrounds(z[0, :, 0, 3 * n :], self.background)
         # cross-attention, transposed: cm[t, i] = mean over heads of softmax_t(q_i . k_t * scale)
         pc = torch.baddbmm(zero, k2, q2t, beta=0, alpha=g.scale2)
         torch.ops.aten._softmax.out(pc, 1, False, out=pc)
@@ -680,11 +691,24 @@ class AttentionCapture:
 
 
 BACKGROUNDS = {
-    "start": "the start-of-text token of every 77-token chunk (CLIP; the official code's)",
+    "start": "the start-of-text token of every 77-token chunk (CLIP; the official code's); on a joint-attention "
+             "model (NextDiT) each row's first token (Lumina 2's <bos>) and its copies where Forge tiled the text",
     "null": "the context positions whose key is exactly zero (Anima's zero padding)",
     "end": "the null positions and the token before the first of them (the end-of-text token)",
     "image": "none: the foreground is the whole image (the official code's choice for DeepFloyd IF stage I)",
 }
+
+
+def tile_starts(context: torch.Tensor) -> torch.Tensor:
+    """``(B, T)``: True at position 0 of each row and at every repeat of it, where Forge tiled the row's context
+    to a common length (``ConditionCrossAttn.concat``: ``c.repeat(1, T // len, 1)``); the period is the shortest
+    one the row repeats with."""
+    b, t = context.shape[:2]
+    period = torch.full((b,), t, dtype=torch.long, device=context.device)
+    for p in reversed([p for p in range(1, t) if t % p == 0]):
+        repeats = (context[:, p:] == context[:, :-p]).flatten(1).all(1)
+        period = torch.where(repeats, p, period)
+    return torch.arange(t, device=context.device)[None] % period[:, None] == 0
 
 
 def _row_backgrounds(keys: torch.Tensor, background: str) -> torch.Tensor:

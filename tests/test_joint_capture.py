@@ -86,3 +86,36 @@ def test_the_context_is_read_when_passed_by_position(small_nextdit):
         capture.plan_step([Cond(0), Uncond(0)])
         small_nextdit(x, t, ctx)
         assert capture.error is None and capture.masks()[Cond(0)][0].shape == (1, 10, *LATENT)
+
+
+def test_a_tiled_texts_start_copies_are_its_background():
+    """Forge tiles a shorter text to the batch's length (``c.repeat``): the first token of every copy is a
+    start; an untiled row has one."""
+    from scfg_ext.capture import tile_starts
+
+    gen = torch.Generator().manual_seed(0)
+    short, other = torch.randn(1, 5, 8, generator=gen), torch.randn(1, 15, 8, generator=gen)
+    starts = tile_starts(torch.cat([short.repeat(1, 3, 1), other]))
+    assert starts.nonzero().tolist() == [[0, 0], [0, 5], [0, 10], [1, 0]]
+
+
+def test_the_foreground_of_a_joint_model_uses_each_rows_starts(small_nextdit):
+    """Background "start" on a joint model: each row's own start positions, a tiled row's copies included; the
+    regions and foreground equal ``semantic_masks`` of the captured maps with those background positions."""
+    from scfg_ext import masks as M
+
+    x, t, _ = inputs()
+    gen = torch.Generator().manual_seed(3)
+    ctx = torch.cat([torch.randn(1, 5, 16, generator=gen).repeat(1, 2, 1), torch.randn(1, 10, 16, generator=gen)])
+    observed = []
+    capture = AttentionCapture(refine="none")
+    capture.observer = lambda layer, roles, s, c: observed.append((s, c))
+    with capture.attach(small_nextdit):
+        capture.plan_step([Cond(0), Cond(1)])
+        small_nextdit(x, t, context=ctx)
+        got = capture.masks()
+    for row, background in enumerate([[0, 5], [0]]):
+        layers = [(s[row: row + 1], c[row: row + 1], (6, 10)) for s, c in observed]
+        regions, foreground = M.semantic_masks(layers, LATENT, background_tokens=background, refine="none")
+        torch.testing.assert_close(got[Cond(row)][0], regions)
+        torch.testing.assert_close(got[Cond(row)][1], foreground)
