@@ -145,30 +145,35 @@ def _decode(pieces: str) -> str:
 
 
 SENTENCEPIECE_SPACE = "\u2581"  # "▁": the piece starts a word
+BYTE_LEVEL_SPACE = "\u0120"  # "Ġ": GPT-2 style byte-level BPE's space (Qwen), CLIP's byte character for " "
 
 
 def _kind(char: str) -> str:
     return "letter" if char.isalpha() else "digit" if char.isdigit() else "symbol"
 
 
-def clip_style_tokens(pieces: Sequence[str], end: str = "</s>") -> list[str]:
-    """SentencePiece pieces (T5's ``convert_ids_to_tokens``) spelled as CLIP token strings, so one word logic
-    serves both: ``end`` becomes ``<|endoftext|>``; a piece ends a word (``</w>``) before a piece that starts
-    with ``▁``, before the end, and where CLIP's pre-tokenisation would cut (``horse`` ``,`` are two words to
-    CLIP: letters, digits and symbols never share a word); non-ASCII characters are spelled with CLIP's byte
-    characters, as ``_decode`` reads them."""
-    texts = [EOT if p == end else p.removeprefix(SENTENCEPIECE_SPACE) for p in pieces]
-    starts = [p.startswith(SENTENCEPIECE_SPACE) or p == end for p in pieces]
+def clip_style_tokens(pieces: Sequence[str], end: str | None = "</s>", start: str | None = None,
+                      space: str = SENTENCEPIECE_SPACE) -> list[str]:
+    """Another tokenizer's pieces spelled as CLIP token strings, so one word logic serves all: SentencePiece
+    (T5, Gemma: a word starts with ``▁``) or byte-level BPE (Qwen: ``space`` ``Ġ``, already in CLIP's byte
+    characters). ``start``/``end`` become ``<|startoftext|>``/``<|endoftext|>``; a piece ends a word (``</w>``)
+    before a piece that starts with ``space``, before a special token, and where CLIP's pre-tokenisation would
+    cut (``horse`` ``,`` are two words to CLIP: letters, digits and symbols never share a word); SentencePiece's
+    non-ASCII characters are spelled with CLIP's byte characters, as ``_decode`` reads them."""
+    specials = {end: EOT, start: SOT}
+    texts = [specials.get(p) or p.removeprefix(space) for p in pieces]
+    starts = [p.startswith(space) or p in specials for p in pieces]
     out = []
     for i, text in enumerate(texts):
-        if text == EOT:
-            out.append(EOT)
+        if is_special(text):
+            out.append(text)
             continue
         following = next((k for k in range(i + 1, len(texts)) if texts[k] or starts[k]), None)
-        ends = (following is None or starts[following] or texts[following] == EOT
+        ends = (following is None or starts[following] or is_special(texts[following])
                 or bool(text) and _kind(text[-1]) != _kind(texts[following][0]))
-        spelled = "".join(_BYTE_TO_UNICODE[b] for b in text.encode("utf-8")) if not text.isascii() else text
-        out.append(spelled + END_OF_WORD if ends else spelled)
+        if space == SENTENCEPIECE_SPACE and not text.isascii():
+            text = "".join(_BYTE_TO_UNICODE[b] for b in text.encode("utf-8"))
+        out.append(text + END_OF_WORD if ends else text)
     return out
 
 

@@ -551,6 +551,63 @@ def test_a_nextdit_is_served_when_its_prompts_run_before_the_negative(webui, txt
     assert hook_count(net) == 0 and nextdit.attention_function is function
 
 
+def test_lumina_maps_and_word_weights_read_its_gemma_tokens(webui, txt2img, nextdit_model, token_weights_seen,
+                                                            monkeypatch):
+    """Lumina 2's engine (``text_processing_engine_gemma``) conditions on <bos>, the Neta template and the prompt:
+    the word weights land on the prompt's tokens at the end of the context, the template holds no word."""
+    from backend.text_processing.gemma_engine import GemmaTextProcessingEngine
+
+    from scfg_ext.webui import maps
+
+    _, model = nextdit_model
+    monkeypatch.delattr(model, "text_processing_engine")
+    monkeypatch.setattr(model, "cond_stage_model", types.SimpleNamespace())
+    monkeypatch.setattr(model, "text_processing_engine_gemma", GemmaTextProcessingEngine(), raising=False)
+    labels_seen = []
+    original = maps.picture
+    monkeypatch.setattr(maps, "picture", lambda base, kept, labels, title: labels_seen.append(labels) or original(
+        base, kept, labels, title))
+    # "a red horse" in the template: <bos>, 30 template tokens, a, ▁red, ▁horse; a 23-token negative
+    _, p = forge_generate(webui, txt2img, model, [[(emb(1, 34), 1.0)]], [emb(4, 23)], size=SIZE, steps=STEPS,
+                          texts=["a red horse"], args=H.script_args(
+                              txt2img, enabled=True, show_maps=True, word_weights="horse: 0, assistant: 2"))
+    assert token_weights_seen and all(w.shape == (34,) for w in token_weights_seen)
+    assert torch.nonzero(token_weights_seen[0] != 1).flatten().tolist() == [33]
+    assert labels_seen[0][-4:] == ["start/padding", "a", "red", "horse"] and len(labels_seen[0]) == 34
+    notice = p.extra_generation_params[infotext.NOTICE_KEY]
+    assert '"assistant" matches no word of the prompt' in notice and "could not read" not in notice
+
+
+def test_z_image_tokens_are_read_from_its_chat_template():
+    """Z-Image's Qwen3 engine (byte-level BPE, ``Ġ`` spaces) puts the prompt inside a chat template (the real
+    tokenizer's pieces, ``backend/huggingface/Tongyi-MAI/Z-Image-Turbo/tokenizer``, 283cb2c4's
+    ``tokenize_line -> (chunks, count)``)."""
+    from scfg_ext.webui import maps
+    from scfg_ext.weights import parse_weights, token_weights
+
+    pieces = ["<|im_start|>", "user", "Ċ", "a", "Ġred", "Ġhorse", ",", "ĠcafÃ©", "<|im_end|>", "Ċ", "<|im_start|>",
+              "assistant", "Ċ"]
+    ids = {p: i for i, p in enumerate(pieces)}
+
+    class Tokenizer:
+        bos_token = None
+
+        def __call__(self, texts, add_special_tokens=False):
+            assert texts == ["a red horse, café"]
+            return {"input_ids": [[ids[p] for p in pieces[3:8]]]}
+
+        def convert_ids_to_tokens(self, got):
+            return [pieces[i] for i in got]
+
+    engine = types.SimpleNamespace(tokenizer=Tokenizer(), tokenize_line=lambda line: (
+        [types.SimpleNamespace(tokens=list(range(len(pieces))))], len(pieces)))
+    tokens = maps.llm_prompt_tokens(engine, "a red horse, café")
+    assert tokens[3:8] == ["a</w>", "red</w>", "horse</w>", ",</w>", "cafÃ©</w>"]
+    assert tokens[:3] + tokens[8:] == ["<|startoftext|>"] * 8
+    weights, missing = token_weights(parse_weights("café: 2, user: 3"), tokens, chunk=len(tokens))
+    assert torch.nonzero(weights != 1).flatten().tolist() == [7] and missing == ["user"]
+
+
 @pytest.mark.parametrize("name, says", [
     ("IntegratedChromaTransformer2DModel", "does not serve Chroma"),
     ("IntegratedFluxTransformer2DModel", "Flux is guidance-distilled: it runs at CFG 1"),

@@ -6,7 +6,8 @@ Tokens: both WebUIs' prompt engines have ``tokenize_line(text) -> (chunks, token
 ``backend/text_processing/classic_engine.py`` ``ClassicTextProcessingEngine``) and an HF CLIP tokenizer with
 ``convert_ids_to_tokens`` (A1111 SD2's open_clip: its module's ``tokenizer.decoder``). ``prompt_engine`` finds
 the engine by that capability wherever the fork keeps it. Forge Neo's Anima conditions its DiT on its T5 tokens
-(``backend/text_processing/anima_engine.py``): they label its context, which is one chunk.
+(``backend/text_processing/anima_engine.py``): they label its context, which is one chunk. Lumina 2 and Z-Image
+condition on their LLM's tokens of the prompt inside a template (``llm_prompt_tokens``).
 
 Gallery: A1111 1.10 has no place for extra pictures, so they are appended to ``processed.images`` after the
 results (after the grid is made: not in it; X/Y/Z takes each cell's first image) with the infotext of their image
@@ -32,7 +33,16 @@ from PIL import Image
 from ..capture import Cond
 from ..guidance import KeptMaps
 from ..render import BG, SPECIAL_LABEL, rate_map, region_map, token_labels
-from ..weights import CHUNK, EOT, SOT, WeightEntry, clip_style_tokens, token_weights
+from ..weights import (
+    BYTE_LEVEL_SPACE,
+    CHUNK,
+    EOT,
+    SENTENCEPIECE_SPACE,
+    SOT,
+    WeightEntry,
+    clip_style_tokens,
+    token_weights,
+)
 
 SUFFIX = "-scfg-maps"
 _SPECIALS = {"<start_of_text>": SOT, "<end_of_text>": EOT}  # open_clip's names (A1111 SD2)
@@ -107,6 +117,35 @@ def t5_prompt_tokens(engine, text: str) -> list[str]:
     return tokens + [T5_PAD] * (T5_CONTEXT - len(tokens))
 
 
+TEMPLATE = "<template>"  # marks the positions of a template around the prompt (no word of the prompt's)
+
+
+def _find_last(pieces: Sequence[str], part: Sequence[str]) -> int | None:
+    n = len(part)
+    return next((i for i in range(len(pieces) - n, -1, -1) if n and list(pieces[i:i + n]) == list(part)), None)
+
+
+def llm_prompt_tokens(engine, text: str) -> list[str]:
+    """Lumina 2's and Z-Image's context positions, CLIP-style: the engine's tokens of the prompt inside its
+    template (``text_processing_engine_gemma``: ``backend/text_processing/gemma_engine.py``, ``<bos>``, the Neta
+    system prompt, a new line, the prompt; ``qwen3_engine.py``, the prompt inside a chat template), with no end
+    and no padding. The template's positions hold no word (they are labelled as start tokens), found around the
+    prompt's own tokens; if the prompt's tokens are not found there, every position is read as words.
+    ``tokenize_line`` returns ``(chunks, count)`` at Neo 283cb2c4, ``chunks`` in the fork at 6e1e0d5."""
+    line = engine.process_template(text, False) if hasattr(engine, "process_template") else text
+    result = engine.tokenize_line(line)
+    chunks = result[0] if isinstance(result, tuple) else result
+    tokenizer = engine.tokenizer
+    pieces = tokenizer.convert_ids_to_tokens([int(t) for chunk in chunks for t in chunk.tokens])
+    prompt = tokenizer.convert_ids_to_tokens(tokenizer([text], add_special_tokens=False)["input_ids"][0])
+    at = _find_last(pieces, prompt)
+    if at is not None:
+        pieces = [TEMPLATE] * at + list(prompt) + [TEMPLATE] * (len(pieces) - at - len(prompt))
+    space = SENTENCEPIECE_SPACE if any(p.startswith(SENTENCEPIECE_SPACE) for p in pieces) else BYTE_LEVEL_SPACE
+    return clip_style_tokens(pieces, end=None, start=TEMPLATE if at is not None else tokenizer.bos_token,
+                             space=space)
+
+
 def _batch_prompts(p) -> list[str]:
     hires = getattr(p, "is_hr_pass", False)
     prompts = getattr(p, "hr_prompts", None) if hires else None
@@ -125,9 +164,10 @@ def prompt_engine(sd_model):
     A1111 and reForge the hijacked ``cond_stage_model`` (SD1, SD2; ``modules/sd_hijack_clip.py``, reForge
     ``modules_forge/forge_loader.py`` wraps it as ``CLIP_SD_15_L``), for SDXL the first ``conditioner.embedders``
     entry with ``tokenize_line`` (reForge: ``cond_stage_model`` is that conditioner); Neo's Anima
-    ``text_processing_engine_anima`` (with ``t5_tokenizer``)."""
+    ``text_processing_engine_anima`` (with ``t5_tokenizer``); Lumina 2's and Z-Image's
+    ``text_processing_engine_gemma``."""
     names = ("text_processing_engine", "text_processing_engine_l", "text_processing_engine_g",
-             "text_processing_engine_anima", "cond_stage_model")
+             "text_processing_engine_anima", "text_processing_engine_gemma", "cond_stage_model")
     candidates = [getattr(sd_model, name, None) for name in names]
     candidates += getattr(getattr(sd_model, "conditioner", None), "embedders", None) or []
     return next((e for e in candidates if hasattr(e, "tokenize_line") or hasattr(e, "t5_tokenizer")), None)
@@ -144,6 +184,8 @@ def pass_prompts(p, notice: Callable[[str], None]) -> PassPrompts:
         read = prompt_tokens
         if hasattr(engine, "t5_tokenizer"):
             read, out.chunk = t5_prompt_tokens, None
+        elif engine is getattr(p.sd_model, "text_processing_engine_gemma", None):
+            read, out.chunk = llm_prompt_tokens, None
         out.tokens = [[read(engine, text) for text in image] for image in out.texts]
     except Exception as e:  # noqa: BLE001 - labels fall back to "token N", weights are not applied
         notice(f"S-CFG could not read the prompt's tokens ({type(e).__name__}: {e}): word weights are not "
