@@ -95,8 +95,12 @@ class Grounding:
         self.start_token = start_token
         self.seen: dict[int, dict[str, torch.Tensor]] = {}
         if hasattr(net, "blocks"):  # the miniature DiT: q and k as its attention function receives them
+            from scfg_ext.capture import AttentionTap
+
             self.layers = {"attn1": [b.self_attn for b in net.blocks], "attn2": [b.cross_attn for b in net.blocks]}
-            self._watch_attention_function()
+            self.tap = AttentionTap(self._record)
+            for m in self.layers["attn1"] + self.layers["attn2"]:
+                self.tap.watch(m, id(m))
             return
         self.layers = {kind: [m for name, m in net.named_modules()
                               if name.endswith(kind) and hasattr(m, "to_q") and hasattr(m, "to_k")]
@@ -107,23 +111,9 @@ class Grounding:
             m.to_q.register_forward_hook(lambda mod, a, out, m=m: self.seen.setdefault(id(m), {}).update(q=out))
             m.to_k.register_forward_hook(lambda mod, a, out, m=m: self.seen.setdefault(id(m), {}).update(k=out))
 
-    def _watch_attention_function(self) -> None:
-        from scfg_ext.miniature import dit
-
-        inner, current = dit.attention_function, []
-
-        def recording(q, k, v, heads, *args, **kwargs):
-            if current:  # (B, H, L, D) -> (B, L, H * D), the U-Net's projection layout
-                self.seen[id(current[-1])] = {"q": q.transpose(1, 2).flatten(2), "k": k.transpose(1, 2).flatten(2)}
-            return inner(q, k, v, heads, *args, **kwargs)
-
-        def leave(module, args, output) -> None:
-            current.pop()
-
-        dit.attention_function = recording
-        for m in self.layers["attn1"] + self.layers["attn2"]:
-            m.register_forward_pre_hook(lambda mod, a: current.append(mod))
-            m.register_forward_hook(leave)
+    def _record(self, key: int, q, k) -> None:
+        # (B, H, L, D) -> (B, L, H * D), the U-Net's projection layout
+        self.seen[key] = {"q": q.transpose(1, 2).flatten(2), "k": k.transpose(1, 2).flatten(2)}
 
     def targets(self, scenes, context: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each token's mask at its context position ``(B, T, H, W)`` (a ground the caption does not name goes

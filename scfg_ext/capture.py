@@ -247,6 +247,48 @@ class _Group:
         return max(2 * stash, stash + copy, layers * held + scores_row, layers * (held + cross))
 
 
+class AttentionTap:
+    """Hands ``on_qk(key, q, k)`` the q and k of every call an attention module makes to its Python module's
+    ``attention_function`` (Forge Neo's DiTs: ``backend.attention``'s, bound at import), as the attention gets
+    them (after q/k norms and rotary embeddings), then runs the function unchanged. ``watch(attention, key)``
+    arms the wrapper while that module runs (forward pre- and post-hooks); ``remove()`` takes the hooks off and
+    puts each module's function back. The capture (no grad) and the miniature's grounding losses (with grad)
+    share it."""
+
+    def __init__(self, on_qk):
+        self.on_qk = on_qk
+        self._armed = None
+        self._handles: list = []
+        self._functions: list[tuple[types.ModuleType, object]] = []  # (module, the wrapper installed in it)
+
+    def watch(self, attention: torch.nn.Module, key, module: types.ModuleType | None = None) -> None:
+        module = module or sys.modules[type(attention).__module__]
+        if not any(m is module for m, _ in self._functions):
+            inner = getattr(module, ATTENTION_FUNCTION)
+
+            @functools.wraps(inner)
+            def attention_function(q, k, v, heads, *args, **kwargs):
+                armed, self._armed = self._armed, None
+                if armed is not None:
+                    self.on_qk(armed, q, k)
+                return inner(q, k, v, heads, *args, **kwargs)
+
+            setattr(module, ATTENTION_FUNCTION, attention_function)
+            self._functions.append((module, attention_function))
+        self._handles.append(attention.register_forward_pre_hook(lambda m, args: setattr(self, "_armed", key)))
+        self._handles.append(attention.register_forward_hook(lambda m, args, out: setattr(self, "_armed", None)))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for module, wrapper in self._functions:
+            if getattr(module, ATTENTION_FUNCTION, None) is wrapper:
+                setattr(module, ATTENTION_FUNCTION, wrapper.__wrapped__)
+        self._functions.clear()
+        self._armed = None
+
+
 class AttentionCapture:
     """Hooks on a U-Net that turn each denoising step's attention into per-row region masks.
 
@@ -280,8 +322,7 @@ class AttentionCapture:
         self.background = background or "start"
         self.blocks = None if blocks is None else set(blocks)
         self.pool = pool
-        self._armed: tuple[int, int] | None = None  # (layer, slot of its q) while a DiT attention module runs
-        self._functions: list[tuple[types.ModuleType, object]] = []  # (module, the wrapper installed in it)
+        self._tap = AttentionTap(self._on_qk)  # a DiT's q and k, where its attention function gets them
         self.memory_budget = memory_budget
         self.budget = memory_budget or MIN_BUDGET_BYTES
         self.layers: list[AttentionLayer] = []
@@ -335,10 +376,8 @@ class AttentionCapture:
             self._handles.append(unet.register_forward_hook(self._on_unet_done))
             for i, layer in enumerate(self.layers):
                 if layer.function is not None:
-                    self._wrap_attention_function(layer.function)
                     for slot, attn in ((JOINT, layer.attn1),) if layer.joint else ((0, layer.attn1), (2, layer.attn2)):
-                        self._handles.append(attn.register_forward_pre_hook(self._arm(i, slot)))
-                        self._handles.append(attn.register_forward_hook(self._disarm))
+                        self._tap.watch(attn, (i, slot), layer.function)
                     continue
                 for slot, proj in enumerate((layer.attn1.to_q, layer.attn1.to_k, layer.attn2.to_q, layer.attn2.to_k)):
                     self._handles.append(proj.register_forward_hook(self._stash_hook(i, slot)))
@@ -350,33 +389,21 @@ class AttentionCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for module, wrapper in self._functions:
-            if getattr(module, ATTENTION_FUNCTION, None) is wrapper:
-                setattr(module, ATTENTION_FUNCTION, wrapper.__wrapped__)
-        self._functions.clear()
-        self._armed = None
+        self._tap.remove()
         self._drop()
         self._plan = []
 
-    def _wrap_attention_function(self, module: types.ModuleType) -> None:
-        """Replace ``module.attention_function`` (restored by ``detach``) with one that hands q and k of an armed
-        call to the stash and then runs the function it replaced, unchanged."""
-        if any(m is module for m, _ in self._functions):
+    def _on_qk(self, armed: tuple[int, int], q, k) -> None:
+        if self._call is None or self.error:
             return
-        inner = getattr(module, ATTENTION_FUNCTION)
-
-        @functools.wraps(inner)
-        def attention_function(q, k, v, heads, *args, **kwargs):
-            armed, self._armed = self._armed, None
-            if armed is not None and armed[1] == JOINT:
+        try:
+            if armed[1] == JOINT:
                 self._stash_joint(armed[0], q, k)
-            elif armed is not None:
+            else:
                 self._stash(armed[0], armed[1], q)
                 self._stash(armed[0], armed[1] + 1, k)
-            return inner(q, k, v, heads, *args, **kwargs)
-
-        setattr(module, ATTENTION_FUNCTION, attention_function)
-        self._functions.append((module, attention_function))
+        except Exception as e:  # noqa: BLE001 - a capture problem must never fail the user's image
+            self._fail(f"attention capture failed ({type(e).__name__}: {e})")
 
     def _stash_joint(self, i: int, q, k) -> None:
         """A joint attention's q and k ``(B, H, text + image, D)``: the image queries against the image keys are
@@ -392,15 +419,6 @@ class AttentionCapture:
         image_q = q[:, :, start:start + n]
         for slot, t in enumerate((image_q, k[:, :, start:start + n], image_q, k[:, :, :text])):
             self._stash(i, slot, t)
-
-    def _arm(self, i: int, slot: int):
-        def hook(module, args):
-            self._armed = (i, slot) if self._call is not None and not self.error else None
-
-        return hook
-
-    def _disarm(self, module, args, output) -> None:
-        self._armed = None
 
     def _drop(self) -> None:
         self._open.clear()
