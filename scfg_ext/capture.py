@@ -451,13 +451,13 @@ class AttentionCapture:
         self._latent = tuple(x.shape[-2:])
         context = kwargs.get("context", args[2] if len(args) > 2 else None)
         self._text = context.shape[1] if isinstance(context, torch.Tensor) and context.dim() == 3 else None
-        self._starts = None
-        if self._text is not None and self._joint and self.background == "start":
-            self._starts = tile_starts(context)
         self._device = x.device.type
         self._drop()
         call = _CallMaps(roles, self.foreground == "uncond")
         self._call = call if call.rows else None
+        self._starts = None
+        if self._call is not None and self._text is not None and self._joint and self.background == "start":
+            self._starts = tile_starts(context)
         if self._call is not None:
             self._calls.append(call)
             self._call_latents.add(self._latent)

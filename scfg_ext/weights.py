@@ -54,7 +54,15 @@ class WeightEntry:
 
 
 def phrase_words(phrase: str) -> tuple[str, ...]:
-    return tuple(_WORD_RE.findall(phrase.lower()))
+    """CLIP's words of ``phrase``, a run of digits joined into one number (as ``_join_numbers`` joins them in
+    the context)."""
+    words: list[str] = []
+    for word in _WORD_RE.findall(phrase.lower()):
+        if words and word.isdigit() and words[-1].isdigit():
+            words[-1] += word
+        else:
+            words.append(word)
+    return tuple(words)
 
 
 def _canonical_phrase(text: str) -> str:
@@ -249,7 +257,7 @@ def token_weights(entries: Sequence[WeightEntry], tokens: Sequence[str], *, chun
     found: set[int] = set()
     order = sorted(range(len(entries)), key=lambda k: (-len(entries[k].words), k))
     for k in order:
-        phrase = tuple(w.text for w in _join_numbers([Word(w, (), 0) for w in entries[k].words]))
+        phrase = entries[k].words
         for start in _find(words, phrase):
             found.add(k)
             for word in words[start: start + len(phrase)]:
