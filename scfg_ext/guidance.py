@@ -145,6 +145,7 @@ class ScfgRun:
         self.steps_seen = 0  # begin_step calls
         self.steps_applied = 0  # steps whose combination used S-CFG's maps
         self.seconds = 0.0  # host time spent computing rates
+        self._foreground_cells: torch.Tensor | int = 0  # summed over guided rows and steps, read once at the end
         self._applied_this_step = False
 
     @contextmanager
@@ -189,6 +190,7 @@ class ScfgRun:
             if found is None:
                 continue
             regions, foreground = found
+            self._foreground_cells = self._foreground_cells + foreground.sum()  # no host sync per step
             delta = (cond - uncond[key.image])[None]
             weights = self.token_weights.get(key)
             if weights is not None:
@@ -216,6 +218,10 @@ class ScfgRun:
             if self.keeper is not None:
                 self.keeper.add(self.progress, used_regions, out)
         return out
+
+    def found_no_foreground(self) -> bool:
+        """S-CFG guided some steps, but on none of them was any cell foreground: its rate was 1 everywhere."""
+        return self.steps_applied > 0 and not bool(self._foreground_cells)
 
     def combine(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> torch.Tensor:
         """S-CFG combination of this step: ``uncond + sum_j w_j * cfg_scale * rate_j * (cond_j - uncond)``,

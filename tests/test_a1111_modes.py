@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import webui_harness as H
 from conftest import hook_count
 
-from scfg_ext.capture import Cond
+from scfg_ext.capture import AttentionCapture, Cond
 from scfg_ext.guidance import ScfgRun
 from scfg_ext.webui import infotext
 
@@ -643,6 +643,29 @@ def test_a_non_finite_rate_leaves_that_step_plain(webui, txt2img, model, rates, 
     (comment,) = scfg_comments(p)
     assert "non-finite" in comment and warnings_logged(caplog) == [comment]
     assert torch.isfinite(on).all()
+
+
+def test_no_foreground_on_any_step_is_a_notice_and_plain_cfg(webui, txt2img, model, reference, rates, monkeypatch):
+    """Every cell owned by the background tokens on every step (a DiT with random weights whose padding takes
+    the attention did this in a real Forge Neo): the rate is 1 everywhere, the image is the plain CFG image bit
+    for bit, and the user is told, once."""
+    masks = AttentionCapture.masks
+
+    def background_only(self, latent_size):
+        return {key: (regions, torch.zeros_like(foreground))
+                for key, (regions, foreground) in masks(self, latent_size).items()}
+
+    monkeypatch.setattr(AttentionCapture, "masks", background_only)
+    on, p = run(webui, txt2img, model)
+    plain, _ = reference
+    assert [c.guided for c in rates] == [{Cond(0)}] * STEPS
+    assert torch.equal(on, plain)
+    (comment,) = scfg_comments(p)
+    assert "found no foreground on any step" in comment
+    assert p.extra_generation_params[infotext.NOTICE_KEY] == comment
+    monkeypatch.setattr(AttentionCapture, "masks", masks)
+    _, p = run(webui, txt2img, model)
+    assert not scfg_comments(p)
 
 
 def test_xyz_cells_with_their_own_settings(webui, txt2img, model, reference):

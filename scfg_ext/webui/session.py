@@ -169,6 +169,9 @@ class Session:
         log.info("S-CFG pass done: %d attention layers hooked, S-CFG used on %d of %d denoiser calls, "
                  "%.1f ms computing rates", len(run.capture.layers), run.steps_applied, run.steps_seen,
                  run.seconds * 1e3)
+        if run.found_no_foreground():
+            notice(current.p, "S-CFG found no foreground on any step (the background tokens owned every cell), "
+                              "so its rate was 1 everywhere: this image is plain CFG")
 
     def _start(self, p, settings, sampler, denoiser) -> Pass:
         unet = self.backend.unet(p)
