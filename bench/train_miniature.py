@@ -77,8 +77,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 class Grounding:
-    """Attention grounding losses on the attention layers of ``net`` that S-CFG reads (modules named ``attn2``,
-    cross-attention, and ``attn1``, self-attention, with ``to_q``/``to_k``), probabilities averaged over heads:
+    """Attention grounding losses on the attention layers of ``net`` that S-CFG reads, probabilities averaged over
+    heads. The maps: the U-Net's ``attn2`` (cross) and ``attn1`` (self) modules from their ``to_q``/``to_k``; the
+    DiT's ``cross_attn`` and ``self_attn`` and, from NextDiT's joint attention, the image-query x text-key part
+    (cross) and the image-query x image-key part (self), each normalised over its own keys as the capture reads
+    them; the DiTs' q and k as their attention function gets them (``capture.AttentionTap``). The losses:
 
     * token: TokenCompose's token loss (Wang et al., CVPR 2024, eq. 3): for each word naming a mask (colour and
       shape words: their object; the ground word: the ground), ``1 -`` its attention mass inside the mask over
@@ -91,29 +94,48 @@ class Grounding:
     Each weighted by the signal fraction ``alphas_cumprod[t]`` of the sample (at pure noise the layout is not
     yet decided: there is nothing to ground) and summed."""
 
-    def __init__(self, net: torch.nn.Module, start_token: bool = True):
-        self.start_token = start_token
-        self.seen: dict[int, dict[str, torch.Tensor]] = {}
-        if hasattr(net, "blocks"):  # the miniature DiT: q and k as its attention function receives them
+    def __init__(self, net: torch.nn.Module, start_token: bool = True, text_length: int = MM.CONTEXT):
+        self.start_token, self.text_length = start_token, text_length  # text_length: a joint layer's caption part
+        self.seen: dict = {}  # layer key -> {"q": (B, S, C), "k": (B, T, C), "heads": h}
+        if hasattr(net, "layers") or hasattr(net, "blocks"):  # the DiTs: q and k as their attention function gets them
             from scfg_ext.capture import AttentionTap
 
-            self.layers = {"attn1": [b.self_attn for b in net.blocks], "attn2": [b.cross_attn for b in net.blocks]}
             self.tap = AttentionTap(self._record)
-            for m in self.layers["attn1"] + self.layers["attn2"]:
+            if hasattr(net, "layers"):  # NextDiT: each main layer's one joint attention, split as the capture splits it
+                self.layers = {kind: [(kind, i) for i in range(len(net.layers))] for kind in ("attn1", "attn2")}
+                for i, layer in enumerate(net.layers):
+                    self.tap.watch(layer.attention, ("joint", i))
+                return
+            attentions = {"attn1": [b.self_attn for b in net.blocks], "attn2": [b.cross_attn for b in net.blocks]}
+            self.layers = {kind: [id(m) for m in ms] for kind, ms in attentions.items()}
+            for m in attentions["attn1"] + attentions["attn2"]:
                 self.tap.watch(m, id(m))
             return
-        self.layers = {kind: [m for name, m in net.named_modules()
-                              if name.endswith(kind) and hasattr(m, "to_q") and hasattr(m, "to_k")]
-                       for kind in ("attn1", "attn2")}
-        if not self.layers["attn2"]:
+        modules = {kind: [m for name, m in net.named_modules()
+                          if name.endswith(kind) and hasattr(m, "to_q") and hasattr(m, "to_k")]
+                   for kind in ("attn1", "attn2")}
+        if not modules["attn2"]:
             raise SystemExit("--grounding: the network has no cross-attention modules named attn2")
-        for m in self.layers["attn1"] + self.layers["attn2"]:
-            m.to_q.register_forward_hook(lambda mod, a, out, m=m: self.seen.setdefault(id(m), {}).update(q=out))
-            m.to_k.register_forward_hook(lambda mod, a, out, m=m: self.seen.setdefault(id(m), {}).update(k=out))
+        self.layers = {kind: [id(m) for m in ms] for kind, ms in modules.items()}
+        for m in modules["attn1"] + modules["attn2"]:
+            m.to_q.register_forward_hook(self._projection(m, "q"))
+            m.to_k.register_forward_hook(self._projection(m, "k"))
 
-    def _record(self, key: int, q, k) -> None:
+    def _projection(self, m, part: str):
+        def record(module, args, out):
+            self.seen.setdefault(id(m), {"heads": m.heads})[part] = out
+        return record
+
+    def _record(self, key, q, k) -> None:
         # (B, H, L, D) -> (B, L, H * D), the U-Net's projection layout
-        self.seen[key] = {"q": q.transpose(1, 2).flatten(2), "k": k.transpose(1, 2).flatten(2)}
+        heads = q.shape[1]
+        q, k = q.transpose(1, 2).flatten(2), k.transpose(1, 2).flatten(2)
+        if not isinstance(key, int):  # a joint layer: [caption | image] queries and keys
+            text = self.text_length
+            self.seen[("attn1", key[1])] = {"q": q[:, text:], "k": k[:, text:], "heads": heads}
+            self.seen[("attn2", key[1])] = {"q": q[:, text:], "k": k[:, :text], "heads": heads}
+            return
+        self.seen[key] = {"q": q, "k": k, "heads": heads}
 
     def targets(self, scenes, context: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each token's mask at its context position ``(B, T, H, W)`` (a ground the caption does not name goes
@@ -134,21 +156,21 @@ class Grounding:
                 words[b, 0], named[b, 0] = masks[-1], True
         return words, named, segments
 
-    def _probs(self, m) -> torch.Tensor:
-        q, k = self.seen[id(m)]["q"].float(), self.seen[id(m)]["k"].float()
+    def _probs(self, key) -> torch.Tensor:
+        seen = self.seen[key]
+        q, k, h = seen["q"].float(), seen["k"].float(), seen["heads"]
         b, n, c = q.shape
-        h = getattr(m, "heads", None) or m.n_heads
         sim = torch.einsum("bhsd,bhtd->bhst", q.view(b, n, h, c // h).transpose(1, 2),
                            k.view(b, -1, h, c // h).transpose(1, 2)) * (c // h) ** -0.5
-        return sim.softmax(-1).mean(1)  # (B, S, T)
+        return sim.softmax(-1).mean(1)  # (B, S, T): over this map's own keys, as the capture normalises it
 
     def loss(self, words, named, segments, signal, captioned) -> dict[str, torch.Tensor]:
         """``signal (B,)``: ``alphas_cumprod[t]``; ``captioned (B,)`` bool: the caption was not dropped."""
         out = {"token": [], "pixel": [], "self": []}
         w_token = named.float() * (captioned.float() * signal)[:, None]  # (B, T)
         grids: dict[int, torch.Tensor] = {}  # per grid side: the layers of one level share it
-        for m in self.layers["attn2"]:
-            probs = self._probs(m)  # (B, S, T)
+        for key in self.layers["attn2"]:
+            probs = self._probs(key)  # (B, S, T)
             side = math.isqrt(probs.shape[1])
             if side not in grids:
                 grids[side] = W.grid_fractions(words, side).flatten(2)  # (B, T, S)
@@ -162,8 +184,8 @@ class Grounding:
             w_pixel = captioned.float() * signal * (area.sum(1) > 0).float()
             if self.start_token:  # without one, where the unnamed ground attends is left to the model
                 out["pixel"].append(((1 - share.clamp(max=1)) * w_pixel).sum() / w_pixel.sum().clamp_min(1e-8))
-        for m in self.layers["attn1"]:
-            probs = self._probs(m)  # (B, S, S)
+        for key in self.layers["attn1"]:
+            probs = self._probs(key)  # (B, S, S)
             f = W.grid_fractions(segments, math.isqrt(probs.shape[1])).flatten(2)  # (B, G, S)
             same = torch.einsum("bgs,bgj->bsj", f, f)  # the chance that cells s and j lie in one segment
             loss = 1 - (probs * same).sum(2).mean(1)
@@ -270,7 +292,7 @@ def main(argv=None) -> None:
     t_log, loss_sum, loss_n = start, 0.0, 0
     step = 0
     sha = None
-    grounding = Grounding(net, tokenizer.start) if args.grounding > 0 else None
+    grounding = Grounding(net, tokenizer.start, tokenizer.context) if args.grounding > 0 else None
     ground_sum: dict[str, float] = {}
     while step < args.steps and time.perf_counter() - start < args.minutes * 60:
         images, captions, scenes = W.batch(args.seed, step * args.batch, args.batch)
