@@ -87,6 +87,7 @@ class AttentionLayer:
     factor: int
     function: types.ModuleType | None = None
     joint: int = 0  # a joint attention over [text | image] (then attn1 is attn2): the image tokens' pad multiple
+    background: str = "start"  # the family's default background (``BACKGROUNDS``)
 
 
 def _has_class(module: torch.nn.Module, name: str) -> bool:
@@ -112,26 +113,40 @@ def find_dit_layers(net: torch.nn.Module) -> list[AttentionLayer]:
         module = sys.modules.get(type(attn1).__module__)
         if not callable(getattr(module, ATTENTION_FUNCTION, None)):
             return []
-        found.append(AttentionLayer(f"blocks.{i}", attn1, attn2, patch, module))
+        found.append(AttentionLayer(f"blocks.{i}", attn1, attn2, patch, module, background="null"))
     return found
 
 
 def find_joint_layers(net: torch.nn.Module) -> list[AttentionLayer]:
-    """The main blocks of a NextDiT (Forge Neo ``backend/nn/lumina.py``, Lumina 2 and Z-Image: ``layers[i]``
-    whose ``attention`` runs one joint attention over ``[caption | image]`` through its module's
-    ``attention_function``); empty for any other network. The refiners before them (caption or image alone) are
-    not read. Z-Image pads the image tokens to a multiple of ``pad_tokens_multiple``."""
-    layers, patch = getattr(net, "layers", None), getattr(net, "patch_size", None)
-    if not isinstance(layers, torch.nn.ModuleList) or not isinstance(patch, int) or not len(layers):
+    """The blocks of a joint-attention transformer that run one attention over ``[text | image]`` through their
+    module's ``attention_function``; empty for any other network.
+
+    * NextDiT (Forge Neo ``backend/nn/lumina.py``, Lumina 2 and Z-Image): the main ``layers[i].attention``; the
+      refiners before them (caption or image alone) are not read. Z-Image pads the image tokens to a multiple
+      of ``pad_tokens_multiple``. Background: each row's first token (Lumina 2's ``<bos>``).
+    * MMDiT with Flux's blocks (``backend/nn/chroma.py``, Chroma): ``double_blocks[i]`` (two streams joined, text
+      first) and ``single_blocks[i]``; their attention is a function, so the block is what arms the capture.
+      Background: each row's last token (T5's ``</s>``: there is no start token)."""
+    patch = getattr(net, "patch_size", None)
+    if not isinstance(patch, int):
         return []
-    pad = getattr(net, "pad_tokens_multiple", None) or 1
+    layers = getattr(net, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList) and len(layers):
+        named = [(f"layers.{i}", getattr(block, "attention", None)) for i, block in enumerate(layers)]
+        pad, background = getattr(net, "pad_tokens_multiple", None) or 1, "start"
+    else:
+        double, single = getattr(net, "double_blocks", None), getattr(net, "single_blocks", None)
+        if not isinstance(double, torch.nn.ModuleList) or not isinstance(single, torch.nn.ModuleList):
+            return []
+        named = [(f"double_blocks.{i}", b) for i, b in enumerate(double)]
+        named += [(f"single_blocks.{i}", b) for i, b in enumerate(single)]
+        pad, background = 1, "end"
     found = []
-    for i, block in enumerate(layers):
-        attention = getattr(block, "attention", None)
+    for name, attention in named:
         module = sys.modules.get(type(attention).__module__)
         if attention is None or not callable(getattr(module, ATTENTION_FUNCTION, None)):
             return []
-        found.append(AttentionLayer(f"layers.{i}", attention, attention, patch, module, joint=pad))
+        found.append(AttentionLayer(name, attention, attention, patch, module, joint=pad, background=background))
     return found
 
 
@@ -332,8 +347,8 @@ class AttentionCapture:
         self._call: _CallMaps | None = None
         self._latent: tuple[int, int] | None = None
         self._text: int | None = None  # the context length of the current call (a joint attention's text part)
-        self._joint = False  # the layers are joint attentions (NextDiT)
-        self._starts: torch.Tensor | None = None  # (B, T) a joint model's start positions per row, this call
+        self._joint = False  # the layers are joint attentions (NextDiT, MMDiT)
+        self._tiled: torch.Tensor | None = None  # (B, T) a joint model's background positions per row, this call
         self._device = "cpu"
         self._open: dict[int, list] = {}  # layer index -> its four projections seen so far in this call
         self._pending: dict[tuple, list] = {}  # group key -> completed layers waiting to be processed
@@ -364,8 +379,8 @@ class AttentionCapture:
             dit = any(layer.function is not None for layer in self.layers)
             if dit and self.blocks is not None:
                 self.layers = [layer for i, layer in enumerate(self.layers) if i in self.blocks]
-            self._joint = any(layer.joint for layer in self.layers)  # NextDiT: Lumina 2's text starts with <bos>
-            self.background = self.background_choice or ("null" if dit and not self._joint else "start")
+            self._joint = any(layer.joint for layer in self.layers)
+            self.background = self.background_choice or (self.layers[0].background if self.layers else "start")
             self._per_factor = {}
             for layer in self.layers:
                 self._per_factor[layer.factor] = self._per_factor.get(layer.factor, 0) + 1
@@ -455,9 +470,9 @@ class AttentionCapture:
         self._drop()
         call = _CallMaps(roles, self.foreground == "uncond")
         self._call = call if call.rows else None
-        self._starts = None
-        if self._call is not None and self._text is not None and self._joint and self.background == "start":
-            self._starts = tile_starts(context)
+        self._tiled = None
+        if self._call is not None and self._text is not None and self._joint and self.background in TILED:
+            self._tiled = tile_backgrounds(context, self.background)
         if self._call is not None:
             self._calls.append(call)
             self._call_latents.add(self._latent)
@@ -653,9 +668,9 @@ class AttentionCapture:
             del buf, buf4
         if g.stride > 1:
             sa = torch.matmul(sa, _pool_matrix(g.hw, g.stride, sa.device))  # keys summed per grid cell
-        if self._starts is not None:  # a joint model's start: each row's first position and its tiles' firsts
-            starts = self._starts[list(rows)].to(z.device)
-            pair_w = torch.stack([starts, ~starts], 1).float()
+        if self._tiled is not None:  # a joint model's start or end: each row's, and its tiles' where Forge tiled
+            tiled = self._tiled[list(rows)].to(z.device)
+            pair_w = torch.stack([tiled, ~tiled], 1).float()
         elif self.background == "start":
             pair_w = None
         else:
@@ -710,23 +725,28 @@ class AttentionCapture:
 
 BACKGROUNDS = {
     "start": "the start-of-text token of every 77-token chunk (CLIP; the official code's); on a joint-attention "
-             "model (NextDiT) each row's first token (Lumina 2's <bos>) and its copies where Forge tiled the text",
+             "model each row's first token (Lumina 2's <bos>) and its copies where Forge tiled the text",
     "null": "the context positions whose key is exactly zero (Anima's zero padding)",
-    "end": "the null positions and the token before the first of them (the end-of-text token)",
+    "end": "the null positions and the token before the first of them (the end-of-text token); on a "
+           "joint-attention model each row's last token (Chroma's </s>) and its copies where Forge tiled the text",
     "image": "none: the foreground is the whole image (the official code's choice for DeepFloyd IF stage I)",
 }
 
 
-def tile_starts(context: torch.Tensor) -> torch.Tensor:
-    """``(B, T)``: True at position 0 of each row and at every repeat of it, where Forge tiled the row's context
-    to a common length (``ConditionCrossAttn.concat``: ``c.repeat(1, T // len, 1)``); the period is the shortest
-    one the row repeats with."""
+TILED = ("start", "end")  # the backgrounds a joint model reads per tile of its text
+
+
+def tile_backgrounds(context: torch.Tensor, background: str = "start") -> torch.Tensor:
+    """``(B, T)``: True at the first (``"start"``) or last (``"end"``) position of each row and of every repeat
+    of it, where Forge tiled the row's context to a common length (``ConditionCrossAttn.concat``:
+    ``c.repeat(1, T // len, 1)``); the period is the shortest one the row repeats with."""
     b, t = context.shape[:2]
     period = torch.full((b,), t, dtype=torch.long, device=context.device)
     for p in reversed([p for p in range(1, t) if t % p == 0]):
         repeats = (context[:, p:] == context[:, :-p]).flatten(1).all(1)
         period = torch.where(repeats, p, period)
-    return torch.arange(t, device=context.device)[None] % period[:, None] == 0
+    phase = torch.arange(t, device=context.device)[None] % period[:, None]
+    return phase == 0 if background == "start" else phase == period[:, None] - 1
 
 
 def _row_backgrounds(keys: torch.Tensor, background: str) -> torch.Tensor:

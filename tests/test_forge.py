@@ -608,8 +608,67 @@ def test_z_image_tokens_are_read_from_its_chat_template():
     assert torch.nonzero(weights != 1).flatten().tolist() == [7] and missing == ["user"]
 
 
+@pytest.fixture(scope="module")
+def mmdit_model():
+    """Forge Neo with a Chroma-type MMDiT (Flux's double and single blocks; the miniature's, random weights)."""
+    from scfg_ext.miniature.mmdit import MiniatureMMDiT
+
+    torch.manual_seed(0)
+    net = MiniatureMMDiT(dim=32, depth=2, depth_single=2, heads=4, context_dim=768, axes=(2, 2, 4))
+    return net.eval().requires_grad_(False), forge_model(net.eval().requires_grad_(False))
+
+
+def test_a_chroma_type_mmdit_is_served(webui, txt2img, mmdit_model):
+    """Batched (batch 2 + AND, equal lengths) and with free lengths (a 37-token prompt run before a 23-token
+    negative): off is Forge's image bit for bit, on differs with the infotext and no notice, nothing left on."""
+    from scfg_ext.miniature import mmdit
+
+    net, model = mmdit_model
+    function = mmdit.attention_function
+    assert forge.Backend().unsupported_reason(model) is None
+    plain, _ = generate(webui, None, model, "batch 2 + AND")
+    off, _ = generate(webui, txt2img, model, "batch 2 + AND", enabled=False)
+    on, p = generate(webui, txt2img, model, "batch 2 + AND")
+    assert torch.equal(off, plain) and not torch.equal(on, plain)
+    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
+    prompts, uncond = [[(emb(1, 37), 1.0)]], [emb(4, 23)]
+    plain, _ = forge_generate(webui, None, model, prompts, uncond, size=SIZE, steps=STEPS)
+    on, p = forge_generate(webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS,
+                           args=H.script_args(txt2img, enabled=True))
+    assert (on - plain).abs().max() > 1e-2
+    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
+    assert hook_count(net) == 0 and mmdit.attention_function is function
+
+
+def test_chroma_maps_and_word_weights_read_its_t5_tokens(webui, txt2img, mmdit_model, token_weights_seen,
+                                                         monkeypatch):
+    """Chroma's engine (``text_processing_engine_t5``) conditions on the prompt's T5 tokens and ``</s>``: the maps
+    are labelled and the word weights placed by them; an unmatched word gets its notice."""
+    from backend.text_processing.t5_engine import T5TextProcessingEngine
+
+    from scfg_ext.webui import maps
+
+    _, model = mmdit_model
+    monkeypatch.delattr(model, "text_processing_engine")
+    monkeypatch.setattr(model, "cond_stage_model", types.SimpleNamespace())
+    monkeypatch.setattr(model, "text_processing_engine_t5", T5TextProcessingEngine(), raising=False)
+    labels_seen = []
+    original = maps.picture
+    monkeypatch.setattr(maps, "picture", lambda base, kept, labels, title: labels_seen.append(labels) or original(
+        base, kept, labels, title))
+    # "a red horse": ▁ a ▁red ▁horse </s>; a 3-token negative
+    _, p = forge_generate(webui, txt2img, model, [[(emb(1, 5), 1.0)]], [emb(4, 3)], size=SIZE, steps=STEPS,
+                          texts=["a red horse"], args=H.script_args(
+                              txt2img, enabled=True, show_maps=True, word_weights="horse: 0, zebra: 2"))
+    assert token_weights_seen and all(w.shape == (5,) for w in token_weights_seen)
+    assert torch.nonzero(token_weights_seen[0] != 1).flatten().tolist() == [3]
+    assert labels_seen and labels_seen[0] == ["a", "a", "red", "horse", "start/padding"]
+    notice = p.extra_generation_params[infotext.NOTICE_KEY]
+    assert '"zebra" matches no word of the prompt' in notice and "could not read" not in notice
+
+
 @pytest.mark.parametrize("name, says", [
-    ("IntegratedChromaTransformer2DModel", "does not serve Chroma"),
+    ("QwenImageTransformer2DModel", "does not serve Qwen-Image"),
     ("IntegratedFluxTransformer2DModel", "Flux is guidance-distilled: it runs at CFG 1"),
 ])
 def test_other_dits_are_named(name, says):

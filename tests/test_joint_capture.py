@@ -1,14 +1,14 @@
-"""Attention capture on the miniature joint-attention transformer (NextDiT's structure, Lumina 2 / Z-Image,
-``scfg_ext.miniature.nextdit``): one attention over ``[caption | image]`` per main layer; its image-query part
-against the image keys is the self-attention map, against the caption keys the cross-attention map, each
-normalised over its own keys."""
+"""Attention capture on the miniature joint-attention transformers: NextDiT's structure (Lumina 2 / Z-Image,
+``scfg_ext.miniature.nextdit``) and Chroma's MMDiT (``scfg_ext.miniature.mmdit``, Flux's double and single
+blocks): one attention over ``[text | image]`` per block; its image-query part against the image keys is the
+self-attention map, against the text keys the cross-attention map, each normalised over its own keys."""
 
 import pytest
 import torch
 from conftest import hook_count
 
 from scfg_ext import AttentionCapture, Cond, Uncond, find_attention_layers
-from scfg_ext.miniature import nextdit
+from scfg_ext.miniature import mmdit, nextdit
 
 LATENT = (12, 20)  # a 6x10 token grid
 
@@ -88,15 +88,16 @@ def test_the_context_is_read_when_passed_by_position(small_nextdit):
         assert capture.error is None and capture.masks()[Cond(0)][0].shape == (1, 10, *LATENT)
 
 
-def test_a_tiled_texts_start_copies_are_its_background():
-    """Forge tiles a shorter text to the batch's length (``c.repeat``): the first token of every copy is a
-    start; an untiled row has one."""
-    from scfg_ext.capture import tile_starts
+def test_a_tiled_texts_start_and_end_copies_are_its_background():
+    """Forge tiles a shorter text to the batch's length (``c.repeat``): the first (last) token of every copy is a
+    start (an end); an untiled row has one."""
+    from scfg_ext.capture import tile_backgrounds
 
     gen = torch.Generator().manual_seed(0)
     short, other = torch.randn(1, 5, 8, generator=gen), torch.randn(1, 15, 8, generator=gen)
-    starts = tile_starts(torch.cat([short.repeat(1, 3, 1), other]))
-    assert starts.nonzero().tolist() == [[0, 0], [0, 5], [0, 10], [1, 0]]
+    context = torch.cat([short.repeat(1, 3, 1), other])
+    assert tile_backgrounds(context, "start").nonzero().tolist() == [[0, 0], [0, 5], [0, 10], [1, 0]]
+    assert tile_backgrounds(context, "end").nonzero().tolist() == [[0, 4], [0, 9], [0, 14], [1, 14]]
 
 
 def test_the_foreground_of_a_joint_model_uses_each_rows_starts(small_nextdit):
@@ -115,6 +116,82 @@ def test_the_foreground_of_a_joint_model_uses_each_rows_starts(small_nextdit):
         small_nextdit(x, t, context=ctx)
         got = capture.masks()
     for row, background in enumerate([[0, 5], [0]]):
+        layers = [(s[row: row + 1], c[row: row + 1], (6, 10)) for s, c in observed]
+        regions, foreground = M.semantic_masks(layers, LATENT, background_tokens=background, refine="none")
+        torch.testing.assert_close(got[Cond(row)][0], regions)
+        torch.testing.assert_close(got[Cond(row)][1], foreground)
+
+
+# ------------------------------------------------------------------------------------------------------
+# MMDiT (Chroma: Flux's double and single blocks)
+
+
+@pytest.fixture(scope="module")
+def small_mmdit():
+    torch.manual_seed(0)
+    net = mmdit.MiniatureMMDiT(dim=32, depth=2, depth_single=2, heads=4, context_dim=16, axes=(2, 2, 4))
+    return net.eval().requires_grad_(False)
+
+
+def test_the_double_and_single_blocks_are_found(small_mmdit):
+    layers = find_attention_layers(small_mmdit)
+    assert [(layer.name, layer.factor, layer.joint, layer.background) for layer in layers] == [
+        ("double_blocks.0", 2, 1, "end"), ("double_blocks.1", 2, 1, "end"),
+        ("single_blocks.0", 2, 1, "end"), ("single_blocks.1", 2, 1, "end")]
+    assert all(layer.function is mmdit and layer.attn1 is layer.attn2 for layer in layers)
+
+
+def test_mmdit_maps_equal_the_direct_softmax_and_outputs_are_identical(small_mmdit, monkeypatch):
+    """The reference takes q, k and the rotary angles where flux.py's ``attention`` gets them (before the
+    rotation, outside the function the capture wraps) and rotates them itself."""
+    x, t, ctx = inputs()
+    plain = small_mmdit(x, t, context=ctx)
+    seen = []
+    attention = mmdit.attention
+
+    def recording(q, k, v, pe):
+        seen.append((q, k, pe))
+        return attention(q, k, v, pe)
+
+    monkeypatch.setattr(mmdit, "attention", recording)
+    observed = []
+    capture = AttentionCapture(foreground="uncond")
+    capture.observer = lambda layer, roles, s, c: observed.append((layer.name, roles, s, c))
+    original = mmdit.attention_function
+    with capture.attach(small_mmdit):
+        capture.plan_step([Cond(0), Uncond(0)])
+        hooked = small_mmdit(x, t, context=ctx)
+        regions, foreground = capture.masks()[Cond(0)]
+    assert torch.equal(plain, hooked)
+    assert mmdit.attention_function is original and hook_count(small_mmdit) == 0
+    assert [name for name, *_ in observed] == ["double_blocks.0", "double_blocks.1", "single_blocks.0",
+                                                "single_blocks.1"]
+    assert len(seen) == 4
+    for (_, roles, s, c), (q, k, pe) in zip(observed, seen, strict=True):
+        q, k = (nextdit.apply_rope(u.transpose(1, 2), pe) for u in (q, k))  # (B, L, H, D)
+        scores = torch.einsum("bihd,bjhd->bhij", q[:, 10:], k) * q.shape[-1] ** -0.5
+        assert roles == [Cond(0), Uncond(0)]
+        torch.testing.assert_close(s, scores[..., 10:].softmax(-1).mean(1))
+        torch.testing.assert_close(c, scores[..., :10].softmax(-1).mean(1))
+    assert regions.shape == (1, 10, *LATENT) and foreground.shape == (1, 1, *LATENT)
+    assert capture.background == "end"
+
+
+def test_the_foreground_of_an_mmdit_uses_each_rows_ends(small_mmdit):
+    """Background "end" on a joint model: each row's last position and, in a tiled row, each copy's."""
+    from scfg_ext import masks as M
+
+    x, t, _ = inputs()
+    gen = torch.Generator().manual_seed(3)
+    ctx = torch.cat([torch.randn(1, 5, 16, generator=gen).repeat(1, 2, 1), torch.randn(1, 10, 16, generator=gen)])
+    observed = []
+    capture = AttentionCapture(refine="none")
+    capture.observer = lambda layer, roles, s, c: observed.append((s, c))
+    with capture.attach(small_mmdit):
+        capture.plan_step([Cond(0), Cond(1)])
+        small_mmdit(x, t, context=ctx)
+        got = capture.masks()
+    for row, background in enumerate([[4, 9], [9]]):
         layers = [(s[row: row + 1], c[row: row + 1], (6, 10)) for s, c in observed]
         regions, foreground = M.semantic_masks(layers, LATENT, background_tokens=background, refine="none")
         torch.testing.assert_close(got[Cond(row)][0], regions)

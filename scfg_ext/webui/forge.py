@@ -19,8 +19,9 @@ Forge Neo's diffusion transformers run through the same ``sampling_function`` an
 self- and a cross-attention, ``backend/nn/anima.py``) is served: its 512-token contexts batch like SD's, uncond
 first; its latents are 5-D ``(B, C, 1, H, W)`` (one frame). NextDiT's (Lumina 2, Z-Image: one joint attention
 over text and image, ``backend/nn/lumina.py``) is served: its free-length texts rarely batch, so the prompt
-usually runs before the negative prompt and is corrected after Forge's CFG (``_correct``). The other families
-get a notice naming them.
+usually runs before the negative prompt and is corrected after Forge's CFG (``_correct``). Chroma's (an MMDiT:
+Flux's double- and single-stream blocks, one joint attention each, ``backend/nn/chroma.py``) is served the same
+way. The other families get a notice naming them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ COND, UNCOND = 0, 1  # Forge's cond_or_uncond values
 UNSERVED_DITS = {
     "QwenImageTransformer2DModel": "Qwen-Image (MMDiT: joint attention)",
     "NunchakuQwenImageTransformer2DModel": "Qwen-Image (MMDiT: joint attention)",
-    "IntegratedChromaTransformer2DModel": "Chroma (MMDiT: joint attention)",
     "WanModel": "Wan (video)",
 }
 DISTILLED_DITS = {"IntegratedFluxTransformer2DModel": "Flux", "SVDQFluxTransformer2DModel": "Flux (Nunchaku)"}
@@ -73,7 +73,8 @@ class Backend:
             return (f"{DISTILLED_DITS[net]} is guidance-distilled: it runs at CFG 1 with no negative prompt, so "
                     "there is no guidance to make semantic-aware")
         if net in UNSERVED_DITS:
-            return f"S-CFG does not serve {UNSERVED_DITS[net]} yet (it serves SD1, SD2, SDXL, Anima, Lumina 2, Z-Image)"
+            return (f"S-CFG does not serve {UNSERVED_DITS[net]} yet (it serves SD1, SD2, SDXL, Anima, Lumina 2, "
+                    "Z-Image, Chroma)")
         if unet is None or not hasattr(patcher, "clone"):
             return f"{family} has no U-Net with cross-attention"
         if not hasattr(unet, "input_blocks"):

@@ -1,0 +1,154 @@
+"""The miniature two-stream diffusion transformer (MMDiT): Chroma's network (Forge Neo ``backend/nn/chroma.py``
+``IntegratedChromaTransformer2DModel``, built from ``backend/nn/flux.py``'s blocks), small, for the miniature
+world and the capture's tests.
+
+What is kept of Chroma, because S-CFG's capture depends on it:
+
+* ``double_blocks[i]`` (``DoubleStreamBlock``): the image and the text stream each project their own q, k, v
+  (``img_attn.qkv``, ``txt_attn.qkv``), RMS-normalise q and k per head (``QKNorm``), and join them **text
+  first**, ``cat(txt, img)`` on the token axis, for one attention;
+* ``single_blocks[i]`` (``SingleStreamBlock``) then run on ``cat(txt, img)`` with one fused ``linear1``;
+* both call the module-level ``attention(q, k, v, pe)``, which rotates q and k and calls the module-level
+  ``attention_function(q, k, v, heads, skip_reshape=True)`` on ``(B, H, L, D)``, as flux.py calls Forge's;
+  the blocks are modules, the attention is not (the capture arms on the block);
+* the text positions are all zero (``txt_ids``: no rotation of the text keys), the image tokens' are
+  ``(0, h, w)``; patches of ``patch_size`` x ``patch_size`` latent cells in row-major order (h, then w).
+
+Left out: Chroma's ``distilled_guidance_layer`` (its per-block modulation vectors come from one small MLP
+of the timestep here, as Flux's ``Modulation`` makes them), the attention mask (Neo passes none), Flux's
+rope as 2x2 matrices (the same rotation of channel pairs, written as angles).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dit import attention_function, timestep_features
+from .nextdit import apply_rope, rope_angles
+
+__all__ = ["MiniatureMMDiT", "attention", "attention_function"]
+
+
+def attention(q, k, v, pe):
+    """flux.py's ``attention``: rotate q and k ``(B, H, L, D)`` by ``pe`` (L, D/2), then the attention function."""
+    q, k = (apply_rope(t.transpose(1, 2), pe).transpose(1, 2) for t in (q, k))
+    return attention_function(q, k, v, q.shape[1], skip_reshape=True)
+
+
+class QKNorm(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.query_norm, self.key_norm = nn.RMSNorm(dim, eps=1e-6), nn.RMSNorm(dim, eps=1e-6)
+
+    def forward(self, q, k, v):
+        return self.query_norm(q).to(v), self.key_norm(k).to(v)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.norm = QKNorm(dim // heads)
+        self.proj = nn.Linear(dim, dim)
+
+
+def mlp(dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
+
+
+def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(B, L, 3 * H * D)`` -> q, k, v ``(B, H, L, D)``, flux.py's ``view(...).permute(2, 0, 3, 1, 4)``."""
+    return qkv.view(qkv.shape[0], qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+class DoubleStreamBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.num_heads = heads
+        self.img_mod, self.txt_mod = nn.Linear(dim, 6 * dim), nn.Linear(dim, 6 * dim)
+        self.img_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.txt_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.img_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.txt_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.img_attn, self.txt_attn = SelfAttention(dim, heads), SelfAttention(dim, heads)
+        self.img_mlp, self.txt_mlp = mlp(dim), mlp(dim)
+
+    def forward(self, img, txt, vec, pe):
+        img_mod = self.img_mod(F.silu(vec))[:, None].chunk(6, -1)
+        txt_mod = self.txt_mod(F.silu(vec))[:, None].chunk(6, -1)
+        img_q, img_k, img_v = split_heads(self.img_attn.qkv(self.img_norm1(img) * (1 + img_mod[1]) + img_mod[0]),
+                                          self.num_heads)
+        img_q, img_k = self.img_attn.norm(img_q, img_k, img_v)
+        txt_q, txt_k, txt_v = split_heads(self.txt_attn.qkv(self.txt_norm1(txt) * (1 + txt_mod[1]) + txt_mod[0]),
+                                          self.num_heads)
+        txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
+        attn = attention(torch.cat((txt_q, img_q), 2), torch.cat((txt_k, img_k), 2), torch.cat((txt_v, img_v), 2),
+                         pe)
+        txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1]:]
+        img = img + img_mod[2] * self.img_attn.proj(img_attn)
+        img = img + img_mod[5] * self.img_mlp(self.img_norm2(img) * (1 + img_mod[4]) + img_mod[3])
+        txt = txt + txt_mod[2] * self.txt_attn.proj(txt_attn)
+        txt = txt + txt_mod[5] * self.txt_mlp(self.txt_norm2(txt) * (1 + txt_mod[4]) + txt_mod[3])
+        return img, txt
+
+
+class SingleStreamBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.num_heads, self.hidden_size = heads, dim
+        self.modulation = nn.Linear(dim, 3 * dim)
+        self.pre_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear1 = nn.Linear(dim, 3 * dim + 4 * dim)
+        self.linear2 = nn.Linear(dim + 4 * dim, dim)
+        self.norm = QKNorm(dim // heads)
+
+    def forward(self, x, vec, pe):
+        shift, scale, gate = self.modulation(F.silu(vec))[:, None].chunk(3, -1)
+        qkv, hidden = torch.split(self.linear1(self.pre_norm(x) * (1 + scale) + shift), [3 * self.hidden_size,
+                                                                                          4 * self.hidden_size], -1)
+        q, k, v = split_heads(qkv, self.num_heads)
+        q, k = self.norm(q, k, v)
+        attn = attention(q, k, v, pe)
+        return x + gate * self.linear2(torch.cat((attn, F.gelu(hidden, approximate="tanh")), 2))
+
+
+class MiniatureMMDiT(nn.Module):
+    """``net(x (B, C, H, W), timesteps (B,), context=(B, T, context_dim)) -> (B, C, H, W)``."""
+
+    def __init__(self, in_channels: int = 4, out_channels: int = 4, patch: int = 2, dim: int = 64, depth: int = 2,
+                 depth_single: int = 4, heads: int = 4, context_dim: int = 64, axes: tuple[int, ...] = (4, 6, 6)):
+        super().__init__()
+        assert sum(axes) == dim // heads, "the rope axes must cover the head dimension"
+        self.patch_size, self.out_channels, self.dim, self.axes = patch, out_channels, dim, tuple(axes)
+        self.img_in = nn.Linear(in_channels * patch * patch, dim)
+        self.txt_in = nn.Linear(context_dim, dim)
+        self.time_in = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.double_blocks = nn.ModuleList(DoubleStreamBlock(dim, heads) for _ in range(depth))
+        self.single_blocks = nn.ModuleList(SingleStreamBlock(dim, heads) for _ in range(depth_single))
+        self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.final_mod = nn.Linear(dim, 2 * dim)
+        self.final_linear = nn.Linear(dim, patch * patch * out_channels)
+
+    def forward(self, x, timesteps, context=None, **kwargs):
+        b, c, hh, ww = x.shape
+        p = self.patch_size
+        x = F.pad(x, (0, -ww % p, 0, -hh % p))
+        h, w = x.shape[-2] // p, x.shape[-1] // p
+        img = self.img_in(x.view(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p))
+        vec = self.time_in(timestep_features(timesteps, self.dim).to(img.dtype))
+        txt = self.txt_in(context)
+        rows, cols = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
+        txt_ids = torch.zeros(txt.shape[1], 3, device=x.device)
+        img_ids = torch.stack([torch.zeros(h * w, device=x.device), rows.flatten(), cols.flatten()], -1)
+        pe = rope_angles(torch.cat([txt_ids, img_ids]), self.axes)
+        for block in self.double_blocks:
+            img, txt = block(img=img, txt=txt, vec=vec, pe=pe)
+        joint = torch.cat((txt, img), 1)
+        for block in self.single_blocks:
+            joint = block(joint, vec=vec, pe=pe)
+        shift, scale = self.final_mod(F.silu(vec))[:, None].chunk(2, -1)
+        out = self.final_linear(self.final_norm(joint[:, txt.shape[1]:]) * (1 + scale) + shift)
+        out = out.view(b, h, w, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(b, self.out_channels, h * p, w * p)[:, :, :hh, :ww]
