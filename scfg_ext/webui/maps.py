@@ -7,7 +7,8 @@ Tokens: both WebUIs' prompt engines have ``tokenize_line(text) -> (chunks, token
 ``convert_ids_to_tokens`` (A1111 SD2's open_clip: its module's ``tokenizer.decoder``). ``prompt_engine`` finds
 the engine by that capability wherever the fork keeps it. Forge Neo's Anima conditions its DiT on its T5 tokens
 (``backend/text_processing/anima_engine.py``): they label its context, which is one chunk. Lumina 2 and Z-Image
-condition on their LLM's tokens of the prompt inside a template (``llm_prompt_tokens``).
+condition on their LLM's tokens of the prompt inside a template (``llm_prompt_tokens``), Chroma on its T5
+tokens (``t5_line_tokens``).
 
 Gallery: A1111 1.10 has no place for extra pictures, so they are appended to ``processed.images`` after the
 results (after the grid is made: not in it; X/Y/Z takes each cell's first image) with the infotext of their image
@@ -117,6 +118,15 @@ def t5_prompt_tokens(engine, text: str) -> list[str]:
     return tokens + [T5_PAD] * (T5_CONTEXT - len(tokens))
 
 
+def t5_line_tokens(engine, text: str) -> list[str]:
+    """Chroma's context positions, CLIP-style: the T5 tokens of ``text_processing_engine_t5``'s chunks
+    (``backend/text_processing/t5_engine.py`` ``tokenize_line(text) -> (chunks, count)``: the prompt's tokens,
+    ``</s>``, then ``<pad>`` where the engine pads), as the DiT's context holds them."""
+    chunks, _ = engine.tokenize_line(text)
+    pieces = engine.tokenizer.convert_ids_to_tokens([int(t) for chunk in chunks for t in chunk.tokens])
+    return clip_style_tokens(pieces, end=engine.tokenizer.eos_token)
+
+
 TEMPLATE = "<template>"  # marks the positions of a template around the prompt (no word of the prompt's)
 
 
@@ -156,8 +166,28 @@ def _batch_prompts(p) -> list[str]:
     return [str(x) for x in prompts or []]
 
 
+# where each WebUI keeps its prompt engine, in the order searched, and how its tokens label the context
+# (reader, chunk length; None: one chunk); SDXL's conditioner embedders come before cond_stage_model
+ENGINES = {
+    "text_processing_engine": (prompt_tokens, CHUNK),
+    "text_processing_engine_l": (prompt_tokens, CHUNK),
+    "text_processing_engine_g": (prompt_tokens, CHUNK),
+    "text_processing_engine_anima": (t5_prompt_tokens, None),
+    "text_processing_engine_gemma": (llm_prompt_tokens, None),
+    "text_processing_engine_t5": (t5_line_tokens, None),
+}
+
+
+def _engine(sd_model):
+    candidates = [(name, getattr(sd_model, name, None)) for name in ENGINES]
+    candidates += [("", e) for e in getattr(getattr(sd_model, "conditioner", None), "embedders", None) or []]
+    candidates.append(("", getattr(sd_model, "cond_stage_model", None)))
+    return next(((name, e) for name, e in candidates if hasattr(e, "tokenize_line") or hasattr(e, "t5_tokenizer")),
+                ("", None))
+
+
 def prompt_engine(sd_model):
-    """The model's CLIP prompt engine (what has ``tokenize_line``; for SDXL its CLIP ViT-L one), or None.
+    """The model's prompt engine (what has ``tokenize_line``; for SDXL its CLIP ViT-L one), or None.
 
     Where each WebUI keeps it: Forge 2 and Neo ``text_processing_engine`` (``backend/diffusion_engine/sd15.py``,
     ``sd20.py``), ``text_processing_engine_l`` (``sdxl.py``) or, for the SDXL refiner, ``text_processing_engine_g``;
@@ -165,12 +195,8 @@ def prompt_engine(sd_model):
     ``modules_forge/forge_loader.py`` wraps it as ``CLIP_SD_15_L``), for SDXL the first ``conditioner.embedders``
     entry with ``tokenize_line`` (reForge: ``cond_stage_model`` is that conditioner); Neo's Anima
     ``text_processing_engine_anima`` (with ``t5_tokenizer``); Lumina 2's and Z-Image's
-    ``text_processing_engine_gemma``."""
-    names = ("text_processing_engine", "text_processing_engine_l", "text_processing_engine_g",
-             "text_processing_engine_anima", "text_processing_engine_gemma", "cond_stage_model")
-    candidates = [getattr(sd_model, name, None) for name in names]
-    candidates += getattr(getattr(sd_model, "conditioner", None), "embedders", None) or []
-    return next((e for e in candidates if hasattr(e, "tokenize_line") or hasattr(e, "t5_tokenizer")), None)
+    ``text_processing_engine_gemma``; Chroma's ``text_processing_engine_t5``."""
+    return _engine(sd_model)[1]
 
 
 def pass_prompts(p, notice: Callable[[str], None]) -> PassPrompts:
@@ -178,14 +204,10 @@ def pass_prompts(p, notice: Callable[[str], None]) -> PassPrompts:
     out = PassPrompts(int(getattr(p, "iteration", 0) or 0), int(p.batch_size), bool(getattr(p, "is_hr_pass", False)))
     try:
         out.texts = [subprompts(prompt) for prompt in _batch_prompts(p)]
-        engine = prompt_engine(p.sd_model)
+        name, engine = _engine(p.sd_model)
         if engine is None:
             raise LookupError("no prompt engine on this model")
-        read = prompt_tokens
-        if hasattr(engine, "t5_tokenizer"):
-            read, out.chunk = t5_prompt_tokens, None
-        elif engine is getattr(p.sd_model, "text_processing_engine_gemma", None):
-            read, out.chunk = llm_prompt_tokens, None
+        read, out.chunk = ENGINES.get(name, (prompt_tokens, CHUNK))
         out.tokens = [[read(engine, text) for text in image] for image in out.texts]
     except Exception as e:  # noqa: BLE001 - labels fall back to "token N", weights are not applied
         notice(f"S-CFG could not read the prompt's tokens ({type(e).__name__}: {e}): word weights are not "
