@@ -5,7 +5,11 @@ Models (random weights, ``scfg_ext.testbed``): ``sd15`` = the real ldm ``UNetMod
 60 captured latent/4 blocks); ``anima`` = the miniature DiT (``scfg_ext.miniature.dit``, Anima's blocks) at
 Anima 2B's size: 28 blocks of width 2048 (16 heads), a 1024-wide context of 512 tokens, 16 latent channels,
 patch 2 (a 64x64 token grid at 1024²); ``lumina2`` / ``zimage`` = the miniature NextDiT (joint attention) at Lumina 2's
-size (26 layers of width 2304, 24 heads, 2 refiners each) / Z-Image's (30 of 3840, 30 heads), a 256-token text.
+size (26 layers of width 2304, 24 heads, 2 refiners each) / Z-Image's (30 of 3840, 30 heads), a 256-token text;
+``chroma`` = the miniature MMDiT (Flux's double and single blocks) at Chroma's size: 19 double and 38 single blocks
+of width 3072 (24 heads), a 4096-wide T5 context of 256 tokens, with Chroma's weights: its blocks have no
+modulation weights (one small network makes every block's), so the miniature's per-block modulation layers are
+replaced by parameter-free ones (8.6B parameters, Chroma 8.9B).
 The attention forward is replaced by a ``scaled_dot_product_attention`` one, as
 A1111's "sdp" optimisation installs it. One U-Net call with the rows of ``--batches`` images: cond rows then
 uncond rows (batch 1 = 2 rows), roles ``Cond(i)``/``Uncond(i)``.
@@ -51,7 +55,7 @@ MiB = 2**20
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["sd15", "sdxl"],
-                   choices=["sd15", "sdxl", "anima", "lumina2", "zimage"])
+                   choices=["sd15", "sdxl", "anima", "lumina2", "zimage", "chroma"])
     p.add_argument("--sizes", nargs="+", type=int, default=None,
                    help="image sizes in pixels (default: 512 for sd15, 1024 for sdxl)")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4], help="images per call (2 U-Net rows each)")
@@ -149,6 +153,19 @@ NEXTDITS = {
                    refiner_depth=2, axes=(32, 48, 48)),
 }
 NEXTDIT_TOKENS = 256  # Lumina 2: <bos>, its ~35-token system template and the prompt
+CHROMA = dict(in_channels=16, out_channels=16, patch=2, dim=3072, depth=19, depth_single=38, heads=24,
+              context_dim=4096, axes=(16, 56, 56))
+
+
+class Modulation(torch.nn.Module):
+    """Chroma's modulation vectors without weights: ``vec`` repeated ``k`` times (the shapes its blocks use)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, vec):
+        return vec.repeat(1, self.k)
 
 
 def tensor_bytes(tensors) -> int:
@@ -179,6 +196,19 @@ class Case:
             with torch.device(self.device):
                 self.unet = MiniatureNextDiT(**config).to(self.dtype).eval().requires_grad_(False)
             self.channels, self.tokens = 16, NEXTDIT_TOKENS
+        elif model == "chroma":
+            from scfg_ext.miniature.mmdit import MiniatureMMDiT
+
+            config = dict(CHROMA)
+            if args.small:
+                config.update(dim=128, depth=2, depth_single=2, heads=4, context_dim=64, axes=(8, 12, 12))
+            with torch.device(self.device):
+                self.unet = MiniatureMMDiT(**config).to(self.dtype).eval().requires_grad_(False)
+            for block in self.unet.double_blocks:
+                block.img_mod, block.txt_mod = Modulation(6), Modulation(6)
+            for block in self.unet.single_blocks:
+                block.modulation = Modulation(3)
+            self.channels, self.tokens = 16, NEXTDIT_TOKENS
         elif model == "sd15":
             config = testbed.small_config(testbed.SD15_UNET) if args.small else testbed.SD15_UNET
             self.unet = testbed.build_unet(config, dtype=self.dtype, device=self.device)
@@ -194,7 +224,8 @@ class Case:
             # embedding is made in float32); the counts are those of autocast, where the projections the capture
             # stashes are half too; activations all in half make the plain peak lower
             self.unet.dtype = self.dtype
-            embed = self.unet.t_embedder if model != "sd15" and model != "sdxl" else self.unet.time_embed
+            embed = next(getattr(self.unet, name) for name in ("t_embedder", "time_in", "time_embed")
+                         if hasattr(self.unet, name))
             embed.register_forward_pre_hook(lambda m, args: (args[0].to(self.dtype),))
 
     def autocast(self):

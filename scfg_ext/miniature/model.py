@@ -204,7 +204,7 @@ NEXTDIT_CONFIG: dict = dict(
     net=dict(in_channels=4, out_channels=4, patch=2, dim=64, depth=6, heads=4, context_dim=64, refiner_depth=1),
 )
 NEXTDIT_WEIGHTS = WEIGHTS.with_name("nextdit.safetensors")
-NEXTDIT_WEIGHTS_SHA256: str | None = "e490baebfe27bace28c4d7d0c66e39da10ec31547c0c6f4bb011e1bb8e837d22"
+NEXTDIT_WEIGHTS_SHA256: str | None = "10efeb758aa337a8a2d0496cde118f1bb3d3d486763a6fe17b740d84087dd4be"
 
 # arch -> (config, committed weights, the name of their pinned sha256 here)
 TRAINED = {"unet": (DEFAULT_CONFIG, WEIGHTS, "WEIGHTS_SHA256"),
