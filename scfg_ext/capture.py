@@ -88,6 +88,7 @@ class AttentionLayer:
     function: types.ModuleType | None = None
     joint: int = 0  # a joint attention over [text | image] (then attn1 is attn2): the image tokens' pad multiple
     background: str = "start"  # the family's default background (``BACKGROUNDS``)
+    image_after_text: bool = False  # a joint attention's image tokens start right after the text (else: at the end)
 
 
 def _has_class(module: torch.nn.Module, name: str) -> bool:
@@ -126,14 +127,21 @@ def find_joint_layers(net: torch.nn.Module) -> list[AttentionLayer]:
       of ``pad_tokens_multiple``. Background: each row's first token (Lumina 2's ``<bos>``).
     * MMDiT with Flux's blocks (``backend/nn/chroma.py``, Chroma): ``double_blocks[i]`` (two streams joined, text
       first) and ``single_blocks[i]``; their attention is a function, so the block is what arms the capture.
-      Background: each row's last token (T5's ``</s>``: there is no start token)."""
+      Background: each row's last token (T5's ``</s>``: there is no start token).
+    * Qwen-Image's MMDiT (``backend/nn/qwen.py``): ``transformer_blocks[i].attn`` joins the streams text first
+      and passes ``(B, L, H * D)``; an edit's reference latents follow the image tokens. Background: each row's
+      last token (the end of its chat template)."""
     patch = getattr(net, "patch_size", None)
     if not isinstance(patch, int):
         return []
-    layers = getattr(net, "layers", None)
+    layers, blocks = getattr(net, "layers", None), getattr(net, "transformer_blocks", None)
+    after_text = True
     if isinstance(layers, torch.nn.ModuleList) and len(layers):
         named = [(f"layers.{i}", getattr(block, "attention", None)) for i, block in enumerate(layers)]
-        pad, background = getattr(net, "pad_tokens_multiple", None) or 1, "start"
+        pad, background, after_text = getattr(net, "pad_tokens_multiple", None) or 1, "start", False
+    elif isinstance(blocks, torch.nn.ModuleList) and len(blocks):
+        named = [(f"transformer_blocks.{i}", getattr(block, "attn", None)) for i, block in enumerate(blocks)]
+        pad, background = 1, "end"
     else:
         double, single = getattr(net, "double_blocks", None), getattr(net, "single_blocks", None)
         if not isinstance(double, torch.nn.ModuleList) or not isinstance(single, torch.nn.ModuleList):
@@ -146,7 +154,8 @@ def find_joint_layers(net: torch.nn.Module) -> list[AttentionLayer]:
         module = sys.modules.get(type(attention).__module__)
         if attention is None or not callable(getattr(module, ATTENTION_FUNCTION, None)):
             return []
-        found.append(AttentionLayer(name, attention, attention, patch, module, joint=pad, background=background))
+        found.append(AttentionLayer(name, attention, attention, patch, module, joint=pad, background=background,
+                                    image_after_text=after_text))
     return found
 
 
@@ -265,7 +274,8 @@ class _Group:
 class AttentionTap:
     """Hands ``on_qk(key, q, k)`` the q and k of every call an attention module makes to its Python module's
     ``attention_function`` (Forge Neo's DiTs: ``backend.attention``'s, bound at import), as the attention gets
-    them (after q/k norms and rotary embeddings), then runs the function unchanged. ``watch(attention, key)``
+    them (after q/k norms and rotary embeddings; ``(B, H, L, D)``, a view where the call passes ``(B, L, H * D)``
+    without ``skip_reshape``), then runs the function unchanged. ``watch(attention, key)``
     arms the wrapper while that module runs (forward pre- and post-hooks); ``remove()`` takes the hooks off and
     puts each module's function back. The capture (no grad) and the miniature's grounding losses (with grad)
     share it."""
@@ -284,7 +294,10 @@ class AttentionTap:
             @functools.wraps(inner)
             def attention_function(q, k, v, heads, *args, **kwargs):
                 armed, self._armed = self._armed, None
-                if armed is not None:
+                if armed is not None and q.dim() == 3 and not kwargs.get("skip_reshape"):
+                    self.on_qk(armed, q.unflatten(-1, (heads, -1)).transpose(1, 2),
+                               k.unflatten(-1, (heads, -1)).transpose(1, 2))
+                elif armed is not None:
                     self.on_qk(armed, q, k)
                 return inner(q, k, v, heads, *args, **kwargs)
 
@@ -426,8 +439,9 @@ class AttentionCapture:
         layer = self.layers[i]
         h, w = M.grid_size(self._latent, layer.factor)
         n, text = h * w, self._text
-        start = q.shape[2] - -(-n // layer.joint) * layer.joint  # the image tokens (then Z-Image's pad tokens)
-        if q.dim() != 4 or text is None or not 0 < text <= start:
+        # the image tokens: right after the text (then Qwen-Image's reference latents), or last (then Z-Image's pads)
+        start = text if layer.image_after_text else q.shape[2] - -(-n // layer.joint) * layer.joint
+        if q.dim() != 4 or text is None or not 0 < text <= start or q.shape[2] < start + n:
             self._fail(f"the joint attention of {layer.name} does not hold a {text}-token text before a {h}x{w} "
                        f"image (q {tuple(q.shape)})")
             return

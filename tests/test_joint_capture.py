@@ -196,3 +196,61 @@ def test_the_foreground_of_an_mmdit_uses_each_rows_ends(small_mmdit):
         regions, foreground = M.semantic_masks(layers, LATENT, background_tokens=background, refine="none")
         torch.testing.assert_close(got[Cond(row)][0], regions)
         torch.testing.assert_close(got[Cond(row)][1], foreground)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Qwen-Image's MMDiT: its attention module passes (B, L, H * D); an edit's reference latents follow the image
+
+
+@pytest.fixture(scope="module")
+def small_qwen():
+    torch.manual_seed(0)
+    net = mmdit.MiniatureQwenImage(dim=32, depth=2, heads=4, context_dim=16, axes=(2, 2, 4))
+    return net.eval().requires_grad_(False)
+
+
+def test_qwen_image_blocks_are_found(small_qwen):
+    layers = find_attention_layers(small_qwen)
+    assert [(layer.name, layer.joint, layer.background, layer.image_after_text) for layer in layers] == [
+        ("transformer_blocks.0", 1, "end", True), ("transformer_blocks.1", 1, "end", True)]
+    assert all(layer.function is mmdit and layer.attn1 is layer.attn2 for layer in layers)
+
+
+@pytest.mark.parametrize("references", [0, 1])
+def test_qwen_image_maps_equal_the_direct_softmax_and_outputs_are_identical(small_qwen, references):
+    """5-D latents; the reference is recomputed from the attention module's inputs with its own projections,
+    norms and rotation; the reference latents' tokens are neither queries nor keys of the maps."""
+    x, t, ctx = inputs()
+    x = x[:, :, None]
+    refs = [torch.randn(2, 4, 1, 8, 8, generator=torch.Generator().manual_seed(5))] * references
+    plain = small_qwen(x, t, context=ctx, ref_latents=refs)
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append((module, kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["image_rotary_emb"]))
+
+    handles = [b.attn.register_forward_pre_hook(record, with_kwargs=True) for b in small_qwen.transformer_blocks]
+    observed = []
+    capture = AttentionCapture(foreground="uncond")
+    capture.observer = lambda layer, roles, s, c: observed.append((s, c))
+    try:
+        with capture.attach(small_qwen):
+            capture.plan_step([Cond(0), Uncond(0)])
+            hooked = small_qwen(x, t, context=ctx, ref_latents=refs)
+            assert capture.error is None
+            regions, _ = capture.masks()[Cond(0)]
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(plain, hooked) and hook_count(small_qwen) == 0
+    assert len(observed) == len(seen) == 2
+    n = 60
+    for (s, c), (m, img, txt, pe) in zip(observed, seen, strict=True):
+        q = nextdit.apply_rope(torch.cat([m.norm_added_q(m.add_q_proj(txt).unflatten(-1, (4, -1))),
+                                          m.norm_q(m.to_q(img).unflatten(-1, (4, -1)))], 1), pe)
+        k = nextdit.apply_rope(torch.cat([m.norm_added_k(m.add_k_proj(txt).unflatten(-1, (4, -1))),
+                                          m.norm_k(m.to_k(img).unflatten(-1, (4, -1)))], 1), pe)
+        scores = torch.einsum("bihd,bjhd->bhij", q[:, 10:10 + n], k) * q.shape[-1] ** -0.5
+        torch.testing.assert_close(s, scores[..., 10:10 + n].softmax(-1).mean(1))
+        torch.testing.assert_close(c, scores[..., :10].softmax(-1).mean(1))
+    assert regions.shape == (1, 10, *LATENT) and capture.background == "end"

@@ -17,6 +17,14 @@ What is kept of Chroma, because S-CFG's capture depends on it:
 Left out: Chroma's ``distilled_guidance_layer`` (its per-block modulation vectors come from one small MLP
 of the timestep here, as Flux's ``Modulation`` makes them), the attention mask (Neo passes none), Flux's
 rope as 2x2 matrices (the same rotation of channel pairs, written as angles).
+
+``MiniatureQwenImage``: Qwen-Image's MMDiT (``backend/nn/qwen.py`` ``QwenImageTransformer2DModel``), kept as far
+as the capture depends on it: ``transformer_blocks[i].attn`` (``Attention``) projects each stream
+(``to_q``/``add_q_proj``...), RMS-normalises q and k per head, joins them text first, rotates them (the text
+positions count on from the image grid's middle), flattens the heads and calls the module-level
+``attention_function(q, k, v, heads, mask)`` on ``(B, L, H * D)``; an edit's reference latents
+(``ref_latents``: more image tokens after the image's) and 5-D latents ``(B, C, 1, H, W)``. Left out: the
+timestep projection's details, the text norm's weights.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from torch import nn
 from .dit import attention_function, timestep_features
 from .nextdit import apply_rope, rope_angles
 
-__all__ = ["MiniatureMMDiT", "attention", "attention_function"]
+__all__ = ["MiniatureMMDiT", "MiniatureQwenImage", "attention", "attention_function"]
 
 
 def attention(q, k, v, pe):
@@ -152,3 +160,99 @@ class MiniatureMMDiT(nn.Module):
         out = self.final_linear(self.final_norm(joint[:, txt.shape[1]:]) * (1 + scale) + shift)
         out = out.view(b, h, w, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
         return out.reshape(b, self.out_channels, h * p, w * p)[:, :, :hh, :ww]
+
+
+class QwenAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm_q, self.norm_k = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
+        self.norm_added_q, self.norm_added_k = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
+        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim) for _ in range(3))
+        self.add_q_proj, self.add_k_proj, self.add_v_proj = (nn.Linear(dim, dim) for _ in range(3))
+        self.to_out, self.to_add_out = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, hidden_states, encoder_hidden_states, image_rotary_emb):
+        heads, seq_txt = self.heads, encoder_hidden_states.shape[1]
+        img_q, img_k, img_v = (f(hidden_states).unflatten(-1, (heads, -1)) for f in (self.to_q, self.to_k, self.to_v))
+        txt_q, txt_k, txt_v = (f(encoder_hidden_states).unflatten(-1, (heads, -1))
+                               for f in (self.add_q_proj, self.add_k_proj, self.add_v_proj))
+        q = apply_rope(torch.cat([self.norm_added_q(txt_q), self.norm_q(img_q)], 1), image_rotary_emb)
+        k = apply_rope(torch.cat([self.norm_added_k(txt_k), self.norm_k(img_k)], 1), image_rotary_emb)
+        v = torch.cat([txt_v, img_v], 1)
+        out = attention_function(q.flatten(2), k.flatten(2), v.flatten(2), heads, None)
+        return self.to_out(out[:, seq_txt:]), self.to_add_out(out[:, :seq_txt])
+
+
+class QwenImageBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.img_mod, self.txt_mod = nn.Linear(dim, 6 * dim), nn.Linear(dim, 6 * dim)
+        self.img_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.txt_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.img_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.txt_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = QwenAttention(dim, heads)
+        self.img_mlp, self.txt_mlp = mlp(dim), mlp(dim)
+
+    def forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb):
+        img_mod = self.img_mod(F.silu(temb))[:, None].chunk(6, -1)
+        txt_mod = self.txt_mod(F.silu(temb))[:, None].chunk(6, -1)
+        img, txt = hidden_states, encoder_hidden_states
+        img_attn, txt_attn = self.attn(hidden_states=self.img_norm1(img) * (1 + img_mod[1]) + img_mod[0],
+                                       encoder_hidden_states=self.txt_norm1(txt) * (1 + txt_mod[1]) + txt_mod[0],
+                                       image_rotary_emb=image_rotary_emb)
+        img = img + img_mod[2] * img_attn
+        img = img + img_mod[5] * self.img_mlp(self.img_norm2(img) * (1 + img_mod[4]) + img_mod[3])
+        txt = txt + txt_mod[2] * txt_attn
+        txt = txt + txt_mod[5] * self.txt_mlp(self.txt_norm2(txt) * (1 + txt_mod[4]) + txt_mod[3])
+        return txt, img
+
+
+class MiniatureQwenImage(nn.Module):
+    """``net(x (B, C, 1, H, W), timesteps (B,), context=(B, T, context_dim), ref_latents=None)`` ->
+    ``(B, C, 1, H, W)``; a 4-D ``x`` (what the Forge test harness samples) is one frame, and so is the output."""
+
+    def __init__(self, in_channels: int = 4, out_channels: int = 4, patch: int = 2, dim: int = 64, depth: int = 4,
+                 heads: int = 4, context_dim: int = 64, axes: tuple[int, ...] = (4, 6, 6)):
+        super().__init__()
+        assert sum(axes) == dim // heads, "the rope axes must cover the head dimension"
+        self.patch_size, self.out_channels, self.dim, self.axes = patch, out_channels, dim, tuple(axes)
+        self.img_in = nn.Linear(in_channels * patch * patch, dim)
+        self.txt_norm = nn.RMSNorm(context_dim, eps=1e-6)
+        self.txt_in = nn.Linear(context_dim, dim)
+        self.time_in = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.transformer_blocks = nn.ModuleList(QwenImageBlock(dim, heads) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.proj_out = nn.Linear(dim, patch * patch * out_channels)
+
+    def _tokens(self, x, index: int = 0):
+        b, c, _, hh, ww = x.shape
+        p = self.patch_size
+        x = F.pad(x[:, :, 0], (0, -ww % p, 0, -hh % p))
+        h, w = x.shape[-2] // p, x.shape[-1] // p
+        rows, cols = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
+        ids = torch.stack([torch.full((h * w,), index, device=x.device), rows.flatten() - h // 2,
+                           cols.flatten() - w // 2], -1)
+        return x.view(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p), ids, (h, w)
+
+    def forward(self, x, timesteps, context=None, ref_latents=None, **kwargs):
+        if x.dim() == 4:
+            return self(x[:, :, None], timesteps, context, ref_latents, **kwargs)[:, :, 0]
+        b, c, _, hh, ww = x.shape
+        p = self.patch_size
+        img, ids, (h, w) = self._tokens(x)
+        n = img.shape[1]
+        for i, ref in enumerate(ref_latents or ()):
+            more, more_ids, _ = self._tokens(ref, i + 1)
+            img, ids = torch.cat([img, more], 1), torch.cat([ids, more_ids])
+        start = max(h, w) // 2
+        txt_ids = torch.arange(start, start + context.shape[1], device=x.device)[:, None].repeat(1, 3)
+        pe = rope_angles(torch.cat([txt_ids, ids]), self.axes)
+        img, txt = self.img_in(img), self.txt_in(self.txt_norm(context))
+        temb = self.time_in(timestep_features(timesteps, self.dim).to(img.dtype))
+        for block in self.transformer_blocks:
+            txt, img = block(hidden_states=img, encoder_hidden_states=txt, temb=temb, image_rotary_emb=pe)
+        out = self.proj_out(self.norm_out(img[:, :n]))
+        out = out.view(b, h, w, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(b, self.out_channels, h * p, w * p)[:, :, None, :hh, :ww]
