@@ -394,14 +394,14 @@ def test_prompt_engine_of_each_webui_and_model_family():
     engine = types.SimpleNamespace(tokenize_line=lambda text: None)
     ns = types.SimpleNamespace
     conditioner = ns(embedders=[object(), engine, object()])
-    assert prompt_engine(ns(cond_stage_model=engine)) is engine  # A1111, reForge SD1/SD2
-    assert prompt_engine(ns(cond_stage_model=None, conditioner=conditioner)) is engine  # A1111 SDXL
-    assert prompt_engine(ns(cond_stage_model=conditioner, conditioner=conditioner)) is engine  # reForge SDXL
-    assert prompt_engine(ns(text_processing_engine=engine)) is engine  # Forge SD1/SD2
-    assert prompt_engine(ns(text_processing_engine_l=engine, text_processing_engine_g=object())) is engine  # SDXL
-    assert prompt_engine(ns(text_processing_engine_g=engine)) is engine  # Forge Neo's SDXL refiner (OpenCLIP G)
-    assert prompt_engine(object()) is None
-    assert prompt_engine(ns(cond_stage_model=object(), conditioner=ns(embedders=[object()]))) is None
+    assert prompt_engine(ns(cond_stage_model=engine)) == ("", engine)  # A1111, reForge SD1/SD2
+    assert prompt_engine(ns(cond_stage_model=None, conditioner=conditioner)) == ("", engine)  # A1111 SDXL
+    assert prompt_engine(ns(cond_stage_model=conditioner, conditioner=conditioner)) == ("", engine)  # reForge SDXL
+    assert prompt_engine(ns(text_processing_engine=engine)) == ("text_processing_engine", engine)  # Forge SD1/SD2
+    assert prompt_engine(ns(text_processing_engine_l=engine, text_processing_engine_g=object()))[1] is engine  # SDXL
+    assert prompt_engine(ns(text_processing_engine_g=engine))[1] is engine  # Forge Neo's SDXL refiner (OpenCLIP G)
+    assert prompt_engine(object()) == ("", None)
+    assert prompt_engine(ns(cond_stage_model=object(), conditioner=ns(embedders=[object()]))) == ("", None)
 
 
 def test_prompt_tokens_hf_and_open_clip_tokenizers():

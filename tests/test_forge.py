@@ -667,8 +667,63 @@ def test_chroma_maps_and_word_weights_read_its_t5_tokens(webui, txt2img, mmdit_m
     assert '"zebra" matches no word of the prompt' in notice and "could not read" not in notice
 
 
+@pytest.fixture(scope="module")
+def qwen_model():
+    """Forge Neo with a Qwen-Image MMDiT (the miniature's, random weights; 4-D latents in this harness)."""
+    from scfg_ext.miniature.mmdit import MiniatureQwenImage
+
+    torch.manual_seed(0)
+    net = MiniatureQwenImage(dim=32, depth=2, heads=4, context_dim=768, axes=(2, 2, 4)).eval().requires_grad_(False)
+    return net, forge_model(net)
+
+
+def test_a_qwen_image_mmdit_is_served(webui, txt2img, qwen_model):
+    """A 12-token prompt run before a 50-token negative: off is Forge's image, on differs with no notice."""
+    from scfg_ext.miniature import mmdit
+
+    net, model = qwen_model
+    function = mmdit.attention_function
+    assert forge.Backend().unsupported_reason(model) is None
+    prompts, uncond = [[(emb(1, 12), 1.0)]], [emb(4, 50)]
+    plain, _ = forge_generate(webui, None, model, prompts, uncond, size=SIZE, steps=STEPS)
+    off, _ = forge_generate(webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS,
+                            args=H.script_args(txt2img, enabled=False))
+    on, p = forge_generate(webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS,
+                           args=H.script_args(txt2img, enabled=True))
+    assert torch.equal(off, plain) and (on - plain).abs().max() > 1e-2
+    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
+    assert hook_count(net) == 0 and mmdit.attention_function is function
+
+
+def test_qwen_image_maps_and_word_weights_read_its_chat_template(webui, txt2img, qwen_model, token_weights_seen,
+                                                                 monkeypatch):
+    """Qwen-Image's engine (``text_processing_engine_qwen``): its context is the chat template cut after
+    ``<|im_start|>user\n`` (``strip_template``): the prompt's tokens, then 5 template tokens with no word."""
+    from backend.text_processing.qwen_engine import QwenTextProcessingEngine
+
+    from scfg_ext.webui import maps
+
+    _, model = qwen_model
+    monkeypatch.delattr(model, "text_processing_engine")
+    monkeypatch.setattr(model, "cond_stage_model", types.SimpleNamespace())
+    monkeypatch.setattr(model, "text_processing_engine_qwen", QwenTextProcessingEngine(), raising=False)
+    labels_seen = []
+    original = maps.picture
+    monkeypatch.setattr(maps, "picture", lambda base, kept, labels, title: labels_seen.append(labels) or original(
+        base, kept, labels, title))
+    # "a red horse": a, Ġred, Ġhorse, <|im_end|>, Ċ, <|im_start|>, assistant, Ċ; a 50-token negative (run alone)
+    _, p = forge_generate(webui, txt2img, model, [[(emb(1, 8), 1.0)]], [emb(4, 50)], size=SIZE, steps=STEPS,
+                          texts=["a red horse"], args=H.script_args(
+                              txt2img, enabled=True, show_maps=True, word_weights="horse: 0, assistant: 2"))
+    assert token_weights_seen and all(w.shape == (8,) for w in token_weights_seen)
+    assert torch.nonzero(token_weights_seen[0] != 1).flatten().tolist() == [2]
+    assert labels_seen and labels_seen[0] == ["a", "red", "horse"] + ["start/padding"] * 5
+    notice = p.extra_generation_params[infotext.NOTICE_KEY]
+    assert '"assistant" matches no word of the prompt' in notice and "could not read" not in notice
+
+
 @pytest.mark.parametrize("name, says", [
-    ("QwenImageTransformer2DModel", "does not serve Qwen-Image"),
+    ("NunchakuQwenImageTransformer2DModel", "does not serve Qwen-Image with Nunchaku"),
     ("IntegratedFluxTransformer2DModel", "Flux is guidance-distilled: it runs at CFG 1"),
 ])
 def test_other_dits_are_named(name, says):

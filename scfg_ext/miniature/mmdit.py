@@ -237,8 +237,11 @@ class MiniatureQwenImage(nn.Module):
         return x.view(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p), ids, (h, w)
 
     def forward(self, x, timesteps, context=None, ref_latents=None, **kwargs):
-        if x.dim() == 4:
-            return self(x[:, :, None], timesteps, context, ref_latents, **kwargs)[:, :, 0]
+        if x.dim() == 4:  # not through __call__: hooks on the network see one call
+            return self._forward(x[:, :, None], timesteps, context, ref_latents)[:, :, 0]
+        return self._forward(x, timesteps, context, ref_latents)
+
+    def _forward(self, x, timesteps, context, ref_latents):
         b, c, _, hh, ww = x.shape
         p = self.patch_size
         img, ids, (h, w) = self._tokens(x)

@@ -21,7 +21,8 @@ first; its latents are 5-D ``(B, C, 1, H, W)`` (one frame). NextDiT's (Lumina 2,
 over text and image, ``backend/nn/lumina.py``) is served: its free-length texts rarely batch, so the prompt
 usually runs before the negative prompt and is corrected after Forge's CFG (``_correct``). Chroma's (an MMDiT:
 Flux's double- and single-stream blocks, one joint attention each, ``backend/nn/chroma.py``) is served the same
-way. The other families get a notice naming them.
+way, and Qwen-Image's (its own attention module, ``backend/nn/qwen.py``). The other families get a notice
+naming them.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ COND, UNCOND = 0, 1  # Forge's cond_or_uncond values
 
 # Forge Neo's diffusion transformers S-CFG does not serve (yet), by their class in backend/nn/
 UNSERVED_DITS = {
-    "QwenImageTransformer2DModel": "Qwen-Image (MMDiT: joint attention)",
-    "NunchakuQwenImageTransformer2DModel": "Qwen-Image (MMDiT: joint attention)",
+    "NunchakuQwenImageTransformer2DModel": "Qwen-Image with Nunchaku (its quantized kernels are not verified)",
     "WanModel": "Wan (video)",
 }
 DISTILLED_DITS = {"IntegratedFluxTransformer2DModel": "Flux", "SVDQFluxTransformer2DModel": "Flux (Nunchaku)"}
@@ -74,7 +74,7 @@ class Backend:
                     "there is no guidance to make semantic-aware")
         if net in UNSERVED_DITS:
             return (f"S-CFG does not serve {UNSERVED_DITS[net]} yet (it serves SD1, SD2, SDXL, Anima, Lumina 2, "
-                    "Z-Image, Chroma)")
+                    "Z-Image, Chroma, Qwen-Image)")
         if unet is None or not hasattr(patcher, "clone"):
             return f"{family} has no U-Net with cross-attention"
         if not hasattr(unet, "input_blocks"):

@@ -8,7 +8,8 @@ Tokens: both WebUIs' prompt engines have ``tokenize_line(text) -> (chunks, token
 the engine by that capability wherever the fork keeps it. Forge Neo's Anima conditions its DiT on its T5 tokens
 (``backend/text_processing/anima_engine.py``): they label its context, which is one chunk. Lumina 2 and Z-Image
 condition on their LLM's tokens of the prompt inside a template (``llm_prompt_tokens``), Chroma on its T5
-tokens (``t5_line_tokens``).
+tokens (``t5_line_tokens``), Qwen-Image on its chat template's tokens from the prompt on
+(``qwen_image_tokens``).
 
 Gallery: A1111 1.10 has no place for extra pictures, so they are appended to ``processed.images`` after the
 results (after the grid is made: not in it; X/Y/Z takes each cell's first image) with the infotext of their image
@@ -127,6 +128,12 @@ def t5_line_tokens(engine, text: str) -> list[str]:
     return clip_style_tokens(pieces, end=engine.tokenizer.eos_token)
 
 
+def _chunks(engine, line: str) -> list:
+    """``tokenize_line``'s chunks: it returns ``(chunks, count)`` at Neo 283cb2c4, ``chunks`` in the fork at 6e1e0d5."""
+    result = engine.tokenize_line(line)
+    return result[0] if isinstance(result, tuple) else result
+
+
 TEMPLATE = "<template>"  # marks the positions of a template around the prompt (no word of the prompt's)
 
 
@@ -140,13 +147,10 @@ def llm_prompt_tokens(engine, text: str) -> list[str]:
     template (``text_processing_engine_gemma``: ``backend/text_processing/gemma_engine.py``, ``<bos>``, the Neta
     system prompt, a new line, the prompt; ``qwen3_engine.py``, the prompt inside a chat template), with no end
     and no padding. The template's positions hold no word (they are labelled as start tokens), found around the
-    prompt's own tokens; if the prompt's tokens are not found there, every position is read as words.
-    ``tokenize_line`` returns ``(chunks, count)`` at Neo 283cb2c4, ``chunks`` in the fork at 6e1e0d5."""
+    prompt's own tokens; if the prompt's tokens are not found there, every position is read as words."""
     line = engine.process_template(text, False) if hasattr(engine, "process_template") else text
-    result = engine.tokenize_line(line)
-    chunks = result[0] if isinstance(result, tuple) else result
     tokenizer = engine.tokenizer
-    pieces = tokenizer.convert_ids_to_tokens([int(t) for chunk in chunks for t in chunk.tokens])
+    pieces = tokenizer.convert_ids_to_tokens([int(t) for chunk in _chunks(engine, line) for t in chunk.tokens])
     prompt = tokenizer.convert_ids_to_tokens(tokenizer([text], add_special_tokens=False)["input_ids"][0])
     at = _find_last(pieces, prompt)
     if at is not None:
@@ -154,6 +158,22 @@ def llm_prompt_tokens(engine, text: str) -> list[str]:
     space = SENTENCEPIECE_SPACE if any(p.startswith(SENTENCEPIECE_SPACE) for p in pieces) else BYTE_LEVEL_SPACE
     return clip_style_tokens(pieces, end=None, start=TEMPLATE if at is not None else tokenizer.bos_token,
                              space=space)
+
+
+QWEN_USER = (872, 198)  # "user", "\n": what follows the template's second <|im_start|>
+
+
+def qwen_image_tokens(engine, text: str) -> list[str]:
+    """Qwen-Image's context positions, CLIP-style: ``llm_prompt_tokens`` of its chat template
+    (``text_processing_engine_qwen``, ``backend/text_processing/qwen_engine.py``) from where the engine's
+    ``strip_template`` cuts the encoder's output: the second ``<|im_start|>``, and past ``user\n`` after it; so the
+    prompt's tokens, then ``<|im_end|>\n<|im_start|>assistant\n`` (template: no word)."""
+    ids = [int(t) for chunk in _chunks(engine, text) for t in chunk.tokens]
+    starts = [i for i, t in enumerate(ids) if t == engine.id_template][:2]
+    cut = starts[-1] if starts else 0
+    if tuple(ids[cut + 1:cut + 3]) == QWEN_USER:
+        cut += 3
+    return llm_prompt_tokens(engine, text)[cut:]
 
 
 def _batch_prompts(p) -> list[str]:
@@ -175,19 +195,13 @@ ENGINES = {
     "text_processing_engine_anima": (t5_prompt_tokens, None),
     "text_processing_engine_gemma": (llm_prompt_tokens, None),
     "text_processing_engine_t5": (t5_line_tokens, None),
+    "text_processing_engine_qwen": (qwen_image_tokens, None),
 }
 
 
-def _engine(sd_model):
-    candidates = [(name, getattr(sd_model, name, None)) for name in ENGINES]
-    candidates += [("", e) for e in getattr(getattr(sd_model, "conditioner", None), "embedders", None) or []]
-    candidates.append(("", getattr(sd_model, "cond_stage_model", None)))
-    return next(((name, e) for name, e in candidates if hasattr(e, "tokenize_line") or hasattr(e, "t5_tokenizer")),
-                ("", None))
-
-
-def prompt_engine(sd_model):
-    """The model's prompt engine (what has ``tokenize_line``; for SDXL its CLIP ViT-L one), or None.
+def prompt_engine(sd_model) -> tuple[str, object | None]:
+    """The model's prompt engine (what has ``tokenize_line``; for SDXL its CLIP ViT-L one) and the attribute it
+    was found at (its ``ENGINES`` key; ``""`` for A1111's and reForge's), or ``("", None)``.
 
     Where each WebUI keeps it: Forge 2 and Neo ``text_processing_engine`` (``backend/diffusion_engine/sd15.py``,
     ``sd20.py``), ``text_processing_engine_l`` (``sdxl.py``) or, for the SDXL refiner, ``text_processing_engine_g``;
@@ -195,8 +209,13 @@ def prompt_engine(sd_model):
     ``modules_forge/forge_loader.py`` wraps it as ``CLIP_SD_15_L``), for SDXL the first ``conditioner.embedders``
     entry with ``tokenize_line`` (reForge: ``cond_stage_model`` is that conditioner); Neo's Anima
     ``text_processing_engine_anima`` (with ``t5_tokenizer``); Lumina 2's and Z-Image's
-    ``text_processing_engine_gemma``; Chroma's ``text_processing_engine_t5``."""
-    return _engine(sd_model)[1]
+    ``text_processing_engine_gemma``; Chroma's ``text_processing_engine_t5``; Qwen-Image's
+    ``text_processing_engine_qwen``."""
+    candidates = [(name, getattr(sd_model, name, None)) for name in ENGINES]
+    candidates += [("", e) for e in getattr(getattr(sd_model, "conditioner", None), "embedders", None) or []]
+    candidates.append(("", getattr(sd_model, "cond_stage_model", None)))
+    return next(((name, e) for name, e in candidates if hasattr(e, "tokenize_line") or hasattr(e, "t5_tokenizer")),
+                ("", None))
 
 
 def pass_prompts(p, notice: Callable[[str], None]) -> PassPrompts:
@@ -204,7 +223,7 @@ def pass_prompts(p, notice: Callable[[str], None]) -> PassPrompts:
     out = PassPrompts(int(getattr(p, "iteration", 0) or 0), int(p.batch_size), bool(getattr(p, "is_hr_pass", False)))
     try:
         out.texts = [subprompts(prompt) for prompt in _batch_prompts(p)]
-        name, engine = _engine(p.sd_model)
+        name, engine = prompt_engine(p.sd_model)
         if engine is None:
             raise LookupError("no prompt engine on this model")
         read, out.chunk = ENGINES.get(name, (prompt_tokens, CHUNK))
