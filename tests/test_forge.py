@@ -502,7 +502,7 @@ def test_upstream_neos_anima_tokenizer_gives_the_same_tokens():
 
     fork = anima_engine.AnimaTextProcessingEngine()
     upstream = types.SimpleNamespace(t5_tokenizer=anima_engine.upstream_t5_tokenizer())
-    assert maps.prompt_engine(types.SimpleNamespace(text_processing_engine_anima=upstream)) is upstream
+    assert maps.prompt_engine(types.SimpleNamespace(text_processing_engine_anima=upstream))[1] is upstream
     tokens = maps.t5_prompt_tokens(upstream, "a dog, a cat")
     assert tokens == maps.t5_prompt_tokens(fork, "a dog, a cat") and len(tokens) == 512
     assert tokens[:8] == ["", "a</w>", "dog</w>", ",</w>", "", "a</w>", "cat</w>", "<|endoftext|>"]
