@@ -9,7 +9,9 @@ size (26 layers of width 2304, 24 heads, 2 refiners each) / Z-Image's (30 of 384
 ``chroma`` = the miniature MMDiT (Flux's double and single blocks) at Chroma's size: 19 double and 38 single blocks
 of width 3072 (24 heads), a 4096-wide T5 context of 256 tokens, with Chroma's weights: its blocks have no
 modulation weights (one small network makes every block's), so the miniature's per-block modulation layers are
-replaced by parameter-free ones (8.6B parameters, Chroma 8.9B).
+replaced by parameter-free ones (8.6B parameters, Chroma 8.9B); ``qwen`` = the miniature Qwen-Image (MMDiT with
+its own attention module) at Qwen-Image's size: 60 blocks of width 3072 (24 heads), a 3584-wide Qwen2.5-VL context
+(20.4B parameters, Qwen-Image 20B).
 The attention forward is replaced by a ``scaled_dot_product_attention`` one, as
 A1111's "sdp" optimisation installs it. One U-Net call with the rows of ``--batches`` images: cond rows then
 uncond rows (batch 1 = 2 rows), roles ``Cond(i)``/``Uncond(i)``.
@@ -55,7 +57,7 @@ MiB = 2**20
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["sd15", "sdxl"],
-                   choices=["sd15", "sdxl", "anima", "lumina2", "zimage", "chroma"])
+                   choices=["sd15", "sdxl", "anima", "lumina2", "zimage", "chroma", "qwen"])
     p.add_argument("--sizes", nargs="+", type=int, default=None,
                    help="image sizes in pixels (default: 512 for sd15, 1024 for sdxl)")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4], help="images per call (2 U-Net rows each)")
@@ -155,6 +157,8 @@ NEXTDITS = {
 NEXTDIT_TOKENS = 256  # Lumina 2: <bos>, its ~35-token system template and the prompt
 CHROMA = dict(in_channels=16, out_channels=16, patch=2, dim=3072, depth=19, depth_single=38, heads=24,
               context_dim=4096, axes=(16, 56, 56))
+QWEN_IMAGE = dict(in_channels=16, out_channels=16, patch=2, dim=3072, depth=60, heads=24, context_dim=3584,
+                  axes=(16, 56, 56))
 
 
 class Modulation(torch.nn.Module):
@@ -208,6 +212,15 @@ class Case:
                 block.img_mod, block.txt_mod = Modulation(6), Modulation(6)
             for block in self.unet.single_blocks:
                 block.modulation = Modulation(3)
+            self.channels, self.tokens = 16, NEXTDIT_TOKENS
+        elif model == "qwen":
+            from scfg_ext.miniature.mmdit import MiniatureQwenImage
+
+            config = dict(QWEN_IMAGE)
+            if args.small:
+                config.update(dim=128, depth=2, heads=4, context_dim=64, axes=(8, 12, 12))
+            with torch.device(self.device):
+                self.unet = MiniatureQwenImage(**config).to(self.dtype).eval().requires_grad_(False)
             self.channels, self.tokens = 16, NEXTDIT_TOKENS
         elif model == "sd15":
             config = testbed.small_config(testbed.SD15_UNET) if args.small else testbed.SD15_UNET
