@@ -258,6 +258,16 @@ def test_disabled_is_bit_identical_to_the_webui_without_the_extension(webui, txt
     assert not p.comments
 
 
+def test_cfg_1_steps_aside_with_a_notice(webui, txt2img, model, probe):
+    """CFG 1 has no guidance to make semantic-aware (guidance-distilled models run so): nothing installed."""
+    plain = absent(webui, model, PROMPT, UNCOND, cfg_scale=1.0)
+    probe.calls.clear()
+    on, p = run(webui, txt2img, model, cfg_scale=1.0)
+    assert torch.equal(on, plain) and all(probe.nothing_installed(c) for c in probe.calls)
+    assert "at CFG scale 1 no negative prompt" in p.extra_generation_params[infotext.NOTICE_KEY]
+    assert not set(infotext.KEYS) & set(p.extra_generation_params)
+
+
 def test_enabled_differs_is_finite_and_writes_infotext(webui, txt2img, model, reference, rates, probe, small_unet):
     plain, _ = reference
     on, p = run(webui, txt2img, model)

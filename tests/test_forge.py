@@ -225,11 +225,13 @@ def test_split_calls_equal_one_call(webui, txt2img, model, case):
     assert infotext.NOTICE_KEY not in p.extra_generation_params
 
 
-def test_cfg_1_is_untouched(webui, txt2img, model):
+def test_cfg_1_is_untouched_and_says_why(webui, txt2img, model):
+    """At CFG 1 (where guidance-distilled models such as Z-Image-Turbo run) Forge computes no uncond."""
     plain, _ = generate(webui, None, model, "AND", cfg_scale=1.0)
     on, p = generate(webui, txt2img, model, "AND", cfg_scale=1.0)
     assert torch.equal(on, plain)
-    assert infotext.NOTICE_KEY not in p.extra_generation_params
+    assert "at CFG scale 1 no negative prompt is computed" in p.extra_generation_params[infotext.NOTICE_KEY]
+    assert "S-CFG" not in p.extra_generation_params
 
 
 def test_an_extra_uncond_call_after_the_cfg_function_changes_nothing(webui, txt2img, model):

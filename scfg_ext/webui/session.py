@@ -109,6 +109,10 @@ class Session:
         if reason:
             notice(p, f"S-CFG is off for this model: {reason}; using plain CFG")
             return None
+        if float(getattr(p, "cfg_scale", 0.0)) == 1.0:
+            notice(p, "S-CFG is off: at CFG scale 1 no negative prompt is computed, so there is no guidance to make "
+                      "semantic-aware (guidance-distilled models such as Z-Image-Turbo run at CFG 1)")
+            return None
         p.scfg_settings = settings
         p.extra_generation_params = {**(p.extra_generation_params or {}), **infotext.write(settings)}  # a copy
         self.pending = p
