@@ -724,15 +724,19 @@ def test_qwen_image_maps_and_word_weights_read_its_chat_template(webui, txt2img,
     assert '"assistant" matches no word of the prompt' in notice and "could not read" not in notice
 
 
-@pytest.mark.parametrize("name, says", [
-    ("NunchakuQwenImageTransformer2DModel", "does not serve Qwen-Image with Nunchaku"),
-    ("IntegratedFluxTransformer2DModel", "Flux is guidance-distilled: it runs at CFG 1"),
+@pytest.mark.parametrize("name, attrs, says", [
+    ("NunchakuQwenImageTransformer2DModel", {}, "does not serve Qwen-Image with Nunchaku"),
+    ("WanModel", {}, "does not serve Wan (video)"),
+    ("IntegratedFluxTransformer2DModel", {"guidance_embed": True}, "Flux.1 dev is guidance-distilled: it runs"),
+    ("SVDQFluxTransformer2DModel", {}, "Flux.1 dev (Nunchaku) is guidance-distilled"),
+    ("IntegratedFluxTransformer2DModel", {"guidance_embed": False}, "does not serve Flux.2 Klein or Flux.1 schnell"),
 ])
-def test_other_dits_are_named(name, says):
-    """Forge Neo's other transformers (backend/nn/*.py @ 283cb2c4) get a notice naming their family."""
+def test_other_dits_are_named(name, attrs, says):
+    """Forge Neo's other transformers (backend/nn/*.py at nolanlane 6e1e0d5) get a notice naming their family;
+    flux.py's class is Flux.1 dev's (a guidance embedding) and also Flux.2 Klein's and Flux.1 schnell's."""
     from forge_harness import ForgeObjects
 
-    net = type(name, (torch.nn.Module,), {})()
+    net = type(name, (torch.nn.Module,), attrs)()
     model = type("Engine", (), {"forge_objects": ForgeObjects(type("Patcher", (), {"model": type(
         "KModel", (), {"diffusion_model": net})(), "clone": None})())})()
     assert says in forge.Backend().unsupported_reason(model)

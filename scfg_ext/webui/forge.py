@@ -42,7 +42,12 @@ UNSERVED_DITS = {
     "NunchakuQwenImageTransformer2DModel": "Qwen-Image with Nunchaku (its quantized kernels are not verified)",
     "WanModel": "Wan (video)",
 }
-DISTILLED_DITS = {"IntegratedFluxTransformer2DModel": "Flux", "SVDQFluxTransformer2DModel": "Flux (Nunchaku)"}
+# flux.py's class runs Flux.1 dev (guidance-distilled: a guidance embedding, CFG 1), and also Flux.2 Klein (its base
+# models take real CFG; the distilled ones and Flux.1 schnell run at CFG 1) without that embedding
+DISTILLED_DITS = {"IntegratedFluxTransformer2DModel": "Flux.1 dev",
+                  "SVDQFluxTransformer2DModel": "Flux.1 dev (Nunchaku)"}
+UNEMBEDDED_FLUX = "Flux.2 Klein or Flux.1 schnell"
+SERVED_DITS = "Anima, Lumina 2, Z-Image, Chroma, Qwen-Image"
 
 
 @dataclass
@@ -69,12 +74,13 @@ class Backend:
         patcher = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
         unet = getattr(getattr(patcher, "model", None), "diffusion_model", None)
         net = type(unet).__name__
+        if net in DISTILLED_DITS and not getattr(unet, "guidance_embed", True):
+            return f"S-CFG does not serve {UNEMBEDDED_FLUX} yet (it serves SD1, SD2, SDXL, {SERVED_DITS})"
         if net in DISTILLED_DITS:
             return (f"{DISTILLED_DITS[net]} is guidance-distilled: it runs at CFG 1 with no negative prompt, so "
                     "there is no guidance to make semantic-aware")
         if net in UNSERVED_DITS:
-            return (f"S-CFG does not serve {UNSERVED_DITS[net]} yet (it serves SD1, SD2, SDXL, Anima, Lumina 2, "
-                    "Z-Image, Chroma, Qwen-Image)")
+            return f"S-CFG does not serve {UNSERVED_DITS[net]} yet (it serves SD1, SD2, SDXL, {SERVED_DITS})"
         if unet is None or not hasattr(patcher, "clone"):
             return f"{family} has no U-Net with cross-attention"
         if not hasattr(unet, "input_blocks"):
