@@ -129,6 +129,21 @@ def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([a.cos(), a.sin()], -1)
 
 
+def patchify(x: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``(B, C, H, W)`` -> ``(B, h w, C p p)`` tokens of ``p x p`` patches (padded to whole patches) and ``(h, w)``."""
+    b, c, hh, ww = x.shape
+    x = F.pad(x, (0, -ww % p, 0, -hh % p))
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    return x.view(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p), (h, w)
+
+
+def unpatchify(tokens: torch.Tensor, grid: tuple[int, int], p: int, size: tuple[int, int]) -> torch.Tensor:
+    """``patchify``'s inverse: ``(B, h w, C p p)`` -> ``(B, C, H, W)`` cropped to ``size``."""
+    (b, _, d), (h, w) = tokens.shape, grid
+    out = tokens.view(b, h, w, d // (p * p), p, p).permute(0, 3, 1, 4, 2, 5)
+    return out.reshape(b, d // (p * p), h * p, w * p)[:, :, :size[0], :size[1]]
+
+
 class MiniatureDiT(nn.Module):
     """``net(x (B, C, H, W), timesteps (B,), context=(B, T, context_dim)) -> (B, C, H, W)``."""
 
@@ -145,17 +160,12 @@ class MiniatureDiT(nn.Module):
         self.final_linear = nn.Linear(dim, patch * patch * out_channels, bias=False)
 
     def forward(self, x, timesteps, context=None, **kwargs):
-        b, c, hh, ww = x.shape
-        p = self.patch_spatial
-        x = F.pad(x, (0, -ww % p, 0, -hh % p))
-        h, w = x.shape[-2] // p, x.shape[-1] // p
-        tokens = x.view(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p)
-        x = self.x_embedder(tokens)
+        tokens, (h, w) = patchify(x, self.patch_spatial)
+        size, x = x.shape[-2:], self.x_embedder(tokens)
         emb = self.t_embedding_norm(self.t_embedder(timestep_features(timesteps, self.dim).to(x.dtype)))
         rope = rope_frequencies(self.dim // self.heads, h, w, x.device)
         for block in self.blocks:
             x = block(x, emb, context, rope)
         shift, scale = self.final_modulation(emb)[:, None].chunk(2, -1)
         out = self.final_linear(_modulate(x, self.final_norm, shift, scale))
-        out = out.view(b, h, w, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
-        return out.reshape(b, self.out_channels, h * p, w * p)[:, :, :hh, :ww]
+        return unpatchify(out, (h, w), self.patch_spatial, size)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dit import attention_function, timestep_features
+from .dit import attention_function, patchify, timestep_features, unpatchify
 from .nextdit import apply_rope, rope_angles
 
 __all__ = ["MiniatureMMDiT", "MiniatureQwenImage", "attention", "attention_function"]
@@ -140,11 +140,8 @@ class MiniatureMMDiT(nn.Module):
         self.final_linear = nn.Linear(dim, patch * patch * out_channels)
 
     def forward(self, x, timesteps, context=None, **kwargs):
-        b, c, hh, ww = x.shape
-        p = self.patch_size
-        x = F.pad(x, (0, -ww % p, 0, -hh % p))
-        h, w = x.shape[-2] // p, x.shape[-1] // p
-        img = self.img_in(x.view(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p))
+        tokens, (h, w) = patchify(x, self.patch_size)
+        size, img = x.shape[-2:], self.img_in(tokens)
         vec = self.time_in(timestep_features(timesteps, self.dim).to(img.dtype))
         txt = self.txt_in(context)
         rows, cols = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
@@ -158,8 +155,7 @@ class MiniatureMMDiT(nn.Module):
             joint = block(joint, vec=vec, pe=pe)
         shift, scale = self.final_mod(F.silu(vec))[:, None].chunk(2, -1)
         out = self.final_linear(self.final_norm(joint[:, txt.shape[1]:]) * (1 + scale) + shift)
-        out = out.view(b, h, w, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
-        return out.reshape(b, self.out_channels, h * p, w * p)[:, :, :hh, :ww]
+        return unpatchify(out, (h, w), self.patch_size, size)
 
 
 class QwenAttention(nn.Module):
@@ -227,14 +223,11 @@ class MiniatureQwenImage(nn.Module):
         self.proj_out = nn.Linear(dim, patch * patch * out_channels)
 
     def _tokens(self, x, index: int = 0):
-        b, c, _, hh, ww = x.shape
-        p = self.patch_size
-        x = F.pad(x[:, :, 0], (0, -ww % p, 0, -hh % p))
-        h, w = x.shape[-2] // p, x.shape[-1] // p
+        tokens, (h, w) = patchify(x[:, :, 0], self.patch_size)
         rows, cols = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
         ids = torch.stack([torch.full((h * w,), index, device=x.device), rows.flatten() - h // 2,
                            cols.flatten() - w // 2], -1)
-        return x.view(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p), ids, (h, w)
+        return tokens, ids, (h, w)
 
     def forward(self, x, timesteps, context=None, ref_latents=None, **kwargs):
         if x.dim() == 4:  # not through __call__: hooks on the network see one call
@@ -242,8 +235,6 @@ class MiniatureQwenImage(nn.Module):
         return self._forward(x, timesteps, context, ref_latents)
 
     def _forward(self, x, timesteps, context, ref_latents):
-        b, c, _, hh, ww = x.shape
-        p = self.patch_size
         img, ids, (h, w) = self._tokens(x)
         n = img.shape[1]
         for i, ref in enumerate(ref_latents or ()):
@@ -256,6 +247,4 @@ class MiniatureQwenImage(nn.Module):
         temb = self.time_in(timestep_features(timesteps, self.dim).to(img.dtype))
         for block in self.transformer_blocks:
             txt, img = block(hidden_states=img, encoder_hidden_states=txt, temb=temb, image_rotary_emb=pe)
-        out = self.proj_out(self.norm_out(img[:, :n]))
-        out = out.view(b, h, w, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
-        return out.reshape(b, self.out_channels, h * p, w * p)[:, :, None, :hh, :ww]
+        return unpatchify(self.proj_out(self.norm_out(img[:, :n])), (h, w), self.patch_size, x.shape[-2:])[:, :, None]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dit import attention_function, timestep_features
+from .dit import attention_function, patchify, timestep_features, unpatchify
 
 __all__ = ["MiniatureNextDiT", "attention_function"]
 
@@ -113,11 +113,8 @@ class MiniatureNextDiT(nn.Module):
         self.final_linear = nn.Linear(dim, patch * patch * out_channels)
 
     def forward(self, x, timesteps, context=None, **kwargs):
-        b, c, hh, ww = x.shape
-        p = self.patch_size
-        x = F.pad(x, (0, -ww % p, 0, -hh % p))
-        h, w = x.shape[-2] // p, x.shape[-1] // p
-        image = self.x_embedder(x.view(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p))
+        tokens, (h, w) = patchify(x, self.patch_size)
+        size, image = x.shape[-2:], self.x_embedder(tokens)
         t = self.t_embedder(timestep_features(timesteps, self.dim).to(image.dtype))
         caption = self.cap_embedder(context)
         lc = caption.shape[1]
@@ -134,5 +131,4 @@ class MiniatureNextDiT(nn.Module):
             joint = layer(joint, None, joint_rope, t)
         scale = self.final_modulation(t)[:, None]
         out = self.final_linear(self.norm_final(joint[:, lc:]) * (1 + scale))
-        out = out.view(b, h, w, self.out_channels, p, p).permute(0, 3, 1, 4, 2, 5)
-        return out.reshape(b, self.out_channels, h * p, w * p)[:, :, :hh, :ww]
+        return unpatchify(out, (h, w), self.patch_size, size)
