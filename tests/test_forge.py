@@ -469,29 +469,37 @@ def anima_context(seed: int, tokens: int) -> torch.Tensor:
     return out
 
 
+def run_with_engine(webui, txt2img, model, monkeypatch, name, engine, prompt, uncond, word_weights):
+    """One generation of "a red horse" with the maps shown, the model's prompt engine at ``name`` only (as Neo
+    keeps it): the labels of the first map and the generation's ``p``."""
+    from scfg_ext.webui import maps
+
+    monkeypatch.delattr(model, "text_processing_engine")
+    monkeypatch.setattr(model, "cond_stage_model", types.SimpleNamespace())  # Neo: the text encoders' holder
+    monkeypatch.setattr(model, name, engine, raising=False)
+    labels_seen = []
+    original = maps.picture
+    monkeypatch.setattr(maps, "picture", lambda base, kept, labels, title: labels_seen.append(labels) or original(
+        base, kept, labels, title))
+    _, p = forge_generate(webui, txt2img, model, [[(prompt, 1.0)]], [uncond], size=SIZE, steps=STEPS,
+                          texts=["a red horse"], args=H.script_args(
+                              txt2img, enabled=True, show_maps=True, word_weights=word_weights))
+    assert labels_seen
+    return labels_seen[0], p
+
+
 def test_anima_maps_and_word_weights_read_its_t5_tokens(webui, txt2img, dit_model, token_weights_seen, monkeypatch):
     """Anima's engine (``text_processing_engine_anima``, no ``text_processing_engine``) labels the maps and places
     the word weights by its T5 tokens, in one 512-position chunk; an unmatched word gets its notice."""
     from backend.text_processing.anima_engine import AnimaTextProcessingEngine
 
-    from scfg_ext.webui import maps
-
-    _, model = dit_model
-    monkeypatch.delattr(model, "text_processing_engine")
-    monkeypatch.setattr(model, "cond_stage_model", types.SimpleNamespace())  # Neo: the text encoders' holder
-    monkeypatch.setattr(model, "text_processing_engine_anima", AnimaTextProcessingEngine(), raising=False)
-    labels_seen = []
-    original = maps.picture
-    monkeypatch.setattr(maps, "picture", lambda base, kept, labels, title: labels_seen.append(labels) or original(
-        base, kept, labels, title))
-    prompt = "a red horse"  # ▁ a ▁red ▁horse </s>
-    _, p = forge_generate(webui, txt2img, model, [[(anima_context(1, 5), 1.0)]], [anima_context(4, 1)], size=SIZE,
-                          steps=STEPS, texts=[prompt], args=H.script_args(
-                              txt2img, enabled=True, show_maps=True, word_weights="horse: 0, zebra: 2"))
+    # "a red horse": ▁ a ▁red ▁horse </s>
+    labels, p = run_with_engine(webui, txt2img, dit_model[1], monkeypatch, "text_processing_engine_anima",
+                                AnimaTextProcessingEngine(), anima_context(1, 5), anima_context(4, 1),
+                                "horse: 0, zebra: 2")
     assert token_weights_seen and all(w.shape == (512,) for w in token_weights_seen)
     assert torch.nonzero(token_weights_seen[0] != 1).flatten().tolist() == [3] and token_weights_seen[0][3] == 0
-    assert labels_seen and labels_seen[0][:6] == ["a", "a", "red", "horse", "start/padding", "start/padding"]
-    assert len(labels_seen[0]) == 512
+    assert labels[:6] == ["a", "a", "red", "horse", "start/padding", "start/padding"] and len(labels) == 512
     notice = p.extra_generation_params[infotext.NOTICE_KEY]
     assert '"zebra" matches no word of the prompt' in notice and "could not read" not in notice
 
@@ -559,23 +567,12 @@ def test_lumina_maps_and_word_weights_read_its_gemma_tokens(webui, txt2img, next
     the word weights land on the prompt's tokens at the end of the context, the template holds no word."""
     from backend.text_processing.gemma_engine import GemmaTextProcessingEngine
 
-    from scfg_ext.webui import maps
-
-    _, model = nextdit_model
-    monkeypatch.delattr(model, "text_processing_engine")
-    monkeypatch.setattr(model, "cond_stage_model", types.SimpleNamespace())
-    monkeypatch.setattr(model, "text_processing_engine_gemma", GemmaTextProcessingEngine(), raising=False)
-    labels_seen = []
-    original = maps.picture
-    monkeypatch.setattr(maps, "picture", lambda base, kept, labels, title: labels_seen.append(labels) or original(
-        base, kept, labels, title))
     # "a red horse" in the template: <bos>, 30 template tokens, a, ▁red, ▁horse; a 23-token negative
-    _, p = forge_generate(webui, txt2img, model, [[(emb(1, 34), 1.0)]], [emb(4, 23)], size=SIZE, steps=STEPS,
-                          texts=["a red horse"], args=H.script_args(
-                              txt2img, enabled=True, show_maps=True, word_weights="horse: 0, assistant: 2"))
+    labels, p = run_with_engine(webui, txt2img, nextdit_model[1], monkeypatch, "text_processing_engine_gemma",
+                                GemmaTextProcessingEngine(), emb(1, 34), emb(4, 23), "horse: 0, assistant: 2")
     assert token_weights_seen and all(w.shape == (34,) for w in token_weights_seen)
     assert torch.nonzero(token_weights_seen[0] != 1).flatten().tolist() == [33]
-    assert labels_seen[0][-4:] == ["start/padding", "a", "red", "horse"] and len(labels_seen[0]) == 34
+    assert labels[-4:] == ["start/padding", "a", "red", "horse"] and len(labels) == 34
     notice = p.extra_generation_params[infotext.NOTICE_KEY]
     assert '"assistant" matches no word of the prompt' in notice and "could not read" not in notice
 
@@ -648,23 +645,12 @@ def test_chroma_maps_and_word_weights_read_its_t5_tokens(webui, txt2img, mmdit_m
     are labelled and the word weights placed by them; an unmatched word gets its notice."""
     from backend.text_processing.t5_engine import T5TextProcessingEngine
 
-    from scfg_ext.webui import maps
-
-    _, model = mmdit_model
-    monkeypatch.delattr(model, "text_processing_engine")
-    monkeypatch.setattr(model, "cond_stage_model", types.SimpleNamespace())
-    monkeypatch.setattr(model, "text_processing_engine_t5", T5TextProcessingEngine(), raising=False)
-    labels_seen = []
-    original = maps.picture
-    monkeypatch.setattr(maps, "picture", lambda base, kept, labels, title: labels_seen.append(labels) or original(
-        base, kept, labels, title))
     # "a red horse": ▁ a ▁red ▁horse </s>; a 3-token negative
-    _, p = forge_generate(webui, txt2img, model, [[(emb(1, 5), 1.0)]], [emb(4, 3)], size=SIZE, steps=STEPS,
-                          texts=["a red horse"], args=H.script_args(
-                              txt2img, enabled=True, show_maps=True, word_weights="horse: 0, zebra: 2"))
+    labels, p = run_with_engine(webui, txt2img, mmdit_model[1], monkeypatch, "text_processing_engine_t5",
+                                T5TextProcessingEngine(), emb(1, 5), emb(4, 3), "horse: 0, zebra: 2")
     assert token_weights_seen and all(w.shape == (5,) for w in token_weights_seen)
     assert torch.nonzero(token_weights_seen[0] != 1).flatten().tolist() == [3]
-    assert labels_seen and labels_seen[0] == ["a", "a", "red", "horse", "start/padding"]
+    assert labels == ["a", "a", "red", "horse", "start/padding"]
     notice = p.extra_generation_params[infotext.NOTICE_KEY]
     assert '"zebra" matches no word of the prompt' in notice and "could not read" not in notice
 
@@ -703,23 +689,12 @@ def test_qwen_image_maps_and_word_weights_read_its_chat_template(webui, txt2img,
     ``<|im_start|>user\n`` (``strip_template``): the prompt's tokens, then 5 template tokens with no word."""
     from backend.text_processing.qwen_engine import QwenTextProcessingEngine
 
-    from scfg_ext.webui import maps
-
-    _, model = qwen_model
-    monkeypatch.delattr(model, "text_processing_engine")
-    monkeypatch.setattr(model, "cond_stage_model", types.SimpleNamespace())
-    monkeypatch.setattr(model, "text_processing_engine_qwen", QwenTextProcessingEngine(), raising=False)
-    labels_seen = []
-    original = maps.picture
-    monkeypatch.setattr(maps, "picture", lambda base, kept, labels, title: labels_seen.append(labels) or original(
-        base, kept, labels, title))
     # "a red horse": a, Ġred, Ġhorse, <|im_end|>, Ċ, <|im_start|>, assistant, Ċ; a 50-token negative (run alone)
-    _, p = forge_generate(webui, txt2img, model, [[(emb(1, 8), 1.0)]], [emb(4, 50)], size=SIZE, steps=STEPS,
-                          texts=["a red horse"], args=H.script_args(
-                              txt2img, enabled=True, show_maps=True, word_weights="horse: 0, assistant: 2"))
+    labels, p = run_with_engine(webui, txt2img, qwen_model[1], monkeypatch, "text_processing_engine_qwen",
+                                QwenTextProcessingEngine(), emb(1, 8), emb(4, 50), "horse: 0, assistant: 2")
     assert token_weights_seen and all(w.shape == (8,) for w in token_weights_seen)
     assert torch.nonzero(token_weights_seen[0] != 1).flatten().tolist() == [2]
-    assert labels_seen and labels_seen[0] == ["a", "red", "horse"] + ["start/padding"] * 5
+    assert labels == ["a", "red", "horse"] + ["start/padding"] * 5
     notice = p.extra_generation_params[infotext.NOTICE_KEY]
     assert '"assistant" matches no word of the prompt' in notice and "could not read" not in notice
 

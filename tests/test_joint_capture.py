@@ -100,28 +100,6 @@ def test_a_tiled_texts_start_and_end_copies_are_its_background():
     assert tile_backgrounds(context, "end").nonzero().tolist() == [[0, 4], [0, 9], [0, 14], [1, 14]]
 
 
-def test_the_foreground_of_a_joint_model_uses_each_rows_starts(small_nextdit):
-    """Background "start" on a joint model: each row's own start positions, a tiled row's copies included; the
-    regions and foreground equal ``semantic_masks`` of the captured maps with those background positions."""
-    from scfg_ext import masks as M
-
-    x, t, _ = inputs()
-    gen = torch.Generator().manual_seed(3)
-    ctx = torch.cat([torch.randn(1, 5, 16, generator=gen).repeat(1, 2, 1), torch.randn(1, 10, 16, generator=gen)])
-    observed = []
-    capture = AttentionCapture(refine="none")
-    capture.observer = lambda layer, roles, s, c: observed.append((s, c))
-    with capture.attach(small_nextdit):
-        capture.plan_step([Cond(0), Cond(1)])
-        small_nextdit(x, t, context=ctx)
-        got = capture.masks()
-    for row, background in enumerate([[0, 5], [0]]):
-        layers = [(s[row: row + 1], c[row: row + 1], (6, 10)) for s, c in observed]
-        regions, foreground = M.semantic_masks(layers, LATENT, background_tokens=background, refine="none")
-        torch.testing.assert_close(got[Cond(row)][0], regions)
-        torch.testing.assert_close(got[Cond(row)][1], foreground)
-
-
 # ------------------------------------------------------------------------------------------------------
 # MMDiT (Chroma: Flux's double and single blocks)
 
@@ -177,21 +155,25 @@ def test_mmdit_maps_equal_the_direct_softmax_and_outputs_are_identical(small_mmd
     assert capture.background == "end"
 
 
-def test_the_foreground_of_an_mmdit_uses_each_rows_ends(small_mmdit):
-    """Background "end" on a joint model: each row's last position and, in a tiled row, each copy's."""
+@pytest.mark.parametrize("net, backgrounds", [("small_nextdit", [[0, 5], [0]]), ("small_mmdit", [[4, 9], [9]])])
+def test_the_foreground_of_a_joint_model_uses_each_rows_own_background(net, backgrounds, request):
+    """A joint model's background: each row's first position (NextDiT, "start") or last (MMDiT, "end") and, in a
+    tiled row, each copy's; the regions and foreground equal ``semantic_masks`` of the captured maps with those
+    background positions."""
     from scfg_ext import masks as M
 
+    net = request.getfixturevalue(net)
     x, t, _ = inputs()
     gen = torch.Generator().manual_seed(3)
     ctx = torch.cat([torch.randn(1, 5, 16, generator=gen).repeat(1, 2, 1), torch.randn(1, 10, 16, generator=gen)])
     observed = []
     capture = AttentionCapture(refine="none")
     capture.observer = lambda layer, roles, s, c: observed.append((s, c))
-    with capture.attach(small_mmdit):
+    with capture.attach(net):
         capture.plan_step([Cond(0), Cond(1)])
-        small_mmdit(x, t, context=ctx)
+        net(x, t, context=ctx)
         got = capture.masks()
-    for row, background in enumerate([[4, 9], [9]]):
+    for row, background in enumerate(backgrounds):
         layers = [(s[row: row + 1], c[row: row + 1], (6, 10)) for s, c in observed]
         regions, foreground = M.semantic_masks(layers, LATENT, background_tokens=background, refine="none")
         torch.testing.assert_close(got[Cond(row)][0], regions)
