@@ -586,25 +586,46 @@ def test_z_image_tokens_are_read_from_its_chat_template():
 
     pieces = ["<|im_start|>", "user", "Ċ", "a", "Ġred", "Ġhorse", ",", "ĠcafÃ©", "<|im_end|>", "Ċ", "<|im_start|>",
               "assistant", "Ċ"]
-    ids = {p: i for i, p in enumerate(pieces)}
+    template = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    halves = dict(zip(template.split("{}"), ([0, 1, 2], [8, 9, 10, 11, 12]), strict=True))  # ids: positions
 
     class Tokenizer:
         bos_token = None
 
         def __call__(self, texts, add_special_tokens=False):
-            assert texts == ["a red horse, café"]
-            return {"input_ids": [[ids[p] for p in pieces[3:8]]]}
+            return {"input_ids": [halves[text] for text in texts]}
 
         def convert_ids_to_tokens(self, got):
             return [pieces[i] for i in got]
 
-    engine = types.SimpleNamespace(tokenizer=Tokenizer(), tokenize_line=lambda line: (
+    engine = types.SimpleNamespace(tokenizer=Tokenizer(), llama_template=template, tokenize_line=lambda line: (
         [types.SimpleNamespace(tokens=list(range(len(pieces))))], len(pieces)))
     tokens = maps.llm_prompt_tokens(engine, "a red horse, café")
     assert tokens[3:8] == ["a</w>", "red</w>", "horse</w>", ",</w>", "cafÃ©</w>"]
     assert tokens[:3] + tokens[8:] == ["<|startoftext|>"] * 8
     weights, missing = token_weights(parse_weights("café: 2, user: 3"), tokens, chunk=len(tokens))
     assert torch.nonzero(weights != 1).flatten().tolist() == [7] and missing == ["user"]
+
+
+def test_llm_engines_label_prompts_with_emphasis():
+    """The engines tokenize each emphasis part on its own: Gemma's ``a (red:1.2) horse`` is ``a``, ``▁``, ``red``,
+    ``▁horse`` after the template; Qwen-Image's parts are each wrapped in the chat template. Only the prompt's
+    positions hold words, and a word weight lands on them alone."""
+    from backend.text_processing.gemma_engine import GemmaTextProcessingEngine
+    from backend.text_processing.qwen_engine import QwenTextProcessingEngine
+
+    from scfg_ext.webui import maps
+    from scfg_ext.weights import SOT, parse_weights, token_weights
+
+    lumina = maps.llm_prompt_tokens(GemmaTextProcessingEngine(), "a (red:1.2) horse")
+    assert lumina == [SOT] * 31 + ["a</w>", "", "red</w>", "horse</w>"]
+    qwen = maps.qwen_image_tokens(QwenTextProcessingEngine(), "a (red:1.2) horse")
+    # a, Ġ (an empty word), 5 + 34 template, red, 5 + 34 template, Ġhorse, 5 template
+    assert [(i, t) for i, t in enumerate(qwen) if t != SOT] == [(0, "a</w>"), (1, "</w>"), (41, "red</w>"),
+                                                                 (81, "horse</w>")]
+    for tokens, red in ((lumina, [32, 33]), (qwen, [41])):
+        weights, missing = token_weights(parse_weights("red: 2, describe: 3"), tokens, chunk=len(tokens))
+        assert torch.nonzero(weights != 1).flatten().tolist() == red and missing == ["describe"]
 
 
 @pytest.fixture(scope="module")

@@ -137,27 +137,48 @@ def _chunks(engine, line: str) -> list:
 TEMPLATE = "<template>"  # marks the positions of a template around the prompt (no word of the prompt's)
 
 
-def _find_last(pieces: Sequence[str], part: Sequence[str]) -> int | None:
-    n = len(part)
-    return next((i for i in range(len(pieces) - n, -1, -1) if n and list(pieces[i:i + n]) == list(part)), None)
+def _template_runs(engine) -> list[list[int]]:
+    """The token ids of the fixed texts an LLM engine puts around each part of the prompt, longest first: its
+    ``llama_template`` before and after ``{}`` (Qwen3, Qwen-Image), or ``process_template``'s text before the
+    prompt (Gemma: the Neta system prompt and a new line)."""
+    if hasattr(engine, "llama_template"):
+        texts = engine.llama_template.split("{}")
+    elif hasattr(engine, "process_template"):
+        texts = [engine.process_template("", False)]
+    else:
+        texts = []
+    runs = [engine.tokenizer([t], add_special_tokens=False)["input_ids"][0] for t in texts if t]
+    return sorted(([int(i) for i in run] for run in runs if len(run)), key=len, reverse=True)
+
+
+def _template_marks(engine, ids: Sequence[int]) -> list[bool]:
+    """Which context positions are template: every occurrence of a ``_template_runs`` run (the engines wrap each
+    emphasis part of a prompt on its own) and the engine's start, template and pad ids."""
+    special = {getattr(engine, name) for name in ("id_start", "id_template", "id_pad") if hasattr(engine, name)}
+    marks = [i in special for i in ids]
+    runs, at = _template_runs(engine), 0
+    while at < len(ids):
+        run = next((r for r in runs if list(ids[at:at + len(r)]) == r), None)
+        if run:
+            marks[at:at + len(run)] = [True] * len(run)
+        at += len(run) if run else 1
+    return marks
 
 
 def llm_prompt_tokens(engine, text: str) -> list[str]:
     """Lumina 2's and Z-Image's context positions, CLIP-style: the engine's tokens of the prompt inside its
     template (``text_processing_engine_gemma``: ``backend/text_processing/gemma_engine.py``, ``<bos>``, the Neta
     system prompt, a new line, the prompt; ``qwen3_engine.py``, the prompt inside a chat template), with no end
-    and no padding. The template's positions hold no word (they are labelled as start tokens), found around the
-    prompt's own tokens; if the prompt's tokens are not found there, every position is read as words."""
+    and no padding. The engines tokenize each emphasis part of the prompt on its own (``a (red:1.2) horse``: three
+    parts), so the template's positions (``_template_marks``) are what is found; they hold no word. With no
+    template known, every position but ``<bos>`` is read as words."""
     line = engine.process_template(text, False) if hasattr(engine, "process_template") else text
+    ids = [int(t) for chunk in _chunks(engine, line) for t in chunk.tokens]
     tokenizer = engine.tokenizer
-    pieces = tokenizer.convert_ids_to_tokens([int(t) for chunk in _chunks(engine, line) for t in chunk.tokens])
-    prompt = tokenizer.convert_ids_to_tokens(tokenizer([text], add_special_tokens=False)["input_ids"][0])
-    at = _find_last(pieces, prompt)
-    if at is not None:
-        pieces = [TEMPLATE] * at + list(prompt) + [TEMPLATE] * (len(pieces) - at - len(prompt))
+    marks = _template_marks(engine, ids)
+    pieces = [TEMPLATE if m else p for p, m in zip(tokenizer.convert_ids_to_tokens(ids), marks, strict=True)]
     space = SENTENCEPIECE_SPACE if any(p.startswith(SENTENCEPIECE_SPACE) for p in pieces) else BYTE_LEVEL_SPACE
-    return clip_style_tokens(pieces, end=None, start=TEMPLATE if at is not None else tokenizer.bos_token,
-                             space=space)
+    return clip_style_tokens(pieces, end=None, start=TEMPLATE if any(marks) else tokenizer.bos_token, space=space)
 
 
 QWEN_USER = (872, 198)  # "user", "\n": what follows the template's second <|im_start|>

@@ -1,15 +1,18 @@
 """Stand-in for Forge Neo ``backend/text_processing/gemma_engine.py`` (Lumina 2 / Neta Lumina) at the fork
 nolanlane/sd-webui-forge-classic @ 6e1e0d5: ``PromptChunk``, ``GemmaTextProcessingEngine.tokenize_line``
-(:39-70: ``<bos>`` then the tokens, a list of chunks) and ``process_template`` (:72-82, the defaults of
-``modules/shared_options.py`` :234-244 for ``opts.neta_template_*``), the parts the maps and word weights read.
-Trimmed: emphasis parsing (a line is one part), ``BREAK``, the encoder.
+(:39-70: ``<bos>`` then the tokens of each emphasis part, a list of chunks) and ``process_template`` (:72-82,
+the defaults of ``modules/shared_options.py`` :234-244 for ``opts.neta_template_*``), the parts the maps and
+word weights read. Trimmed: ``BREAK``, the encoder; the emphasis is "Original" (set by ``__call__`` upstream).
 
 ``GemmaTokenizer`` stands in for the Neta Lumina tokenizer (``backend/huggingface/neta.tokenizer.json.xz``,
 a SentencePiece BPE): ``__call__`` and ``convert_ids_to_tokens`` over the pieces and ids the real one gives for
-the words here ("a red horse" -> ["a", "▁red", "▁horse"] = [235250, 3118, 10468]); a word it lacks raises KeyError.
+the words here ("a red horse" -> ["a", "▁red", "▁horse"] = [235250, 3118, 10468]; "a " -> ["a", "▁"]; "red" ->
+["red"]); a word it lacks raises KeyError.
 """
 
 import re
+
+from backend.text_processing import parsing
 
 TEMPLATE_POSITIVE = ("You are an assistant designed to generate anime images with the highest degree of image-text "
                      "alignment based on danbooru tags. <Prompt Start>")
@@ -21,7 +24,7 @@ VOCABULARY = {"<bos>": 2, "You": 2045, "▁are": 708, "▁an": 671, "▁assistan
               "▁degree": 7151, "▁of": 576, "▁image": 2416, "-": 235290, "text": 1082, "▁alignment": 30236,
               "▁based": 3482, "▁on": 611, "▁dan": 2052, "bo": 1055, "oru": 36538, "▁tags": 16323, ".": 235265,
               "▁<": 968, "Prompt": 55440, "▁Start": 7248, ">": 235313, "\n": 108, "a": 235250, "▁a": 476,
-              "▁red": 3118, "▁horse": 10468, "▁cat": 4401}
+              "▁red": 3118, "▁horse": 10468, "▁cat": 4401, "red": 854, "▁": 235248}
 SPLITS = {"danbooru": ["dan", "bo", "oru"], "image-text": ["image", "-", "text"], "tags.": ["tags", "."],
           "<Prompt": ["<", "Prompt"], "Start>": ["Start", ">"]}
 
@@ -39,6 +42,9 @@ class GemmaTokenizer:
                 out.append(part)
                 continue
             for k, word in enumerate(part.split(" ")):
+                if not word:  # a space before nothing is a piece of its own; nothing before the first space
+                    out += ["▁"] if k else []
+                    continue
                 split = SPLITS.get(word, [word])
                 out += [("▁" if k else "") + split[0], *split[1:]]
         return out
@@ -62,9 +68,12 @@ class GemmaTextProcessingEngine:
         self.id_start = 2
 
     def tokenize_line(self, line):
+        parsed = parsing.parse_prompt_attention(line, "Original")
         chunk = PromptChunk()
-        chunk.tokens = [self.id_start] + self.tokenizer([line])["input_ids"][0]
-        chunk.multipliers = [1.0] * len(chunk.tokens)
+        for tokens, (_, weight) in zip(self.tokenizer([t for t, _ in parsed])["input_ids"], parsed):
+            chunk.tokens += tokens
+            chunk.multipliers += [weight] * len(tokens)
+        chunk.tokens, chunk.multipliers = [self.id_start] + chunk.tokens, [1.0] + chunk.multipliers
         return [chunk]
 
     @staticmethod

@@ -1,13 +1,17 @@
 """Stand-in for Forge Neo ``backend/text_processing/qwen_engine.py`` at the fork nolanlane/sd-webui-forge-classic
 @ 6e1e0d5 (2026-02-23): ``PromptChunk``, ``QwenTextProcessingEngine.tokenize`` / ``tokenize_line`` (:33-75: the
-prompt inside ``llama_template``, one chunk) and ``id_template``, the part the maps and word weights read; the
-encoder and ``strip_template`` (which cuts its output from the second ``<|im_start|>``, past ``user\\n``) are
-what the reader mirrors. Trimmed: emphasis parsing (a line is one part of weight 1), images, the encoder.
+prompt's emphasis parts each inside ``llama_template``, one chunk) and ``id_template``, the part the maps and
+word weights read; the encoder and ``strip_template`` (which cuts its output from the second ``<|im_start|>``,
+past ``user\\n``) are what the reader mirrors. Trimmed: images, the encoder; the emphasis is "Original" (set by
+``__call__`` upstream).
 
 ``Tokenizer`` stands in for transformers' ``Qwen2TokenizerFast`` (``backend/huggingface/Qwen/Qwen-Image/
 tokenizer``): ``__call__`` and ``convert_ids_to_tokens`` over the pieces and ids the real tokenizer gives for
-the template and the words used (read with that tokenizer); a word it lacks raises KeyError.
+the template's two halves and the words used (read with that tokenizer; "a " -> ["a", "Ġ"], "red" -> ["red"]); a
+word it lacks raises KeyError.
 """
+
+from backend.text_processing import parsing
 
 TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
             "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
@@ -22,7 +26,8 @@ TEMPLATE_PIECES = (
      ("user", 872), ("Ċ", 198)],
     [("<|im_end|>", 151645), ("Ċ", 198), ("<|im_start|>", 151644), ("assistant", 77091), ("Ċ", 198)],
 )
-WORDS = {"a": ("a", 64), "Ġa": ("Ġa", 264), "Ġred": ("Ġred", 2518), "Ġhorse": ("Ġhorse", 15223)}
+WORDS = {"a": ("a", 64), "Ġa": ("Ġa", 264), "Ġred": ("Ġred", 2518), "Ġhorse": ("Ġhorse", 15223), "red": ("red", 1151),
+         "Ġ": ("Ġ", 220)}
 
 
 class Tokenizer:
@@ -31,20 +36,17 @@ class Tokenizer:
     def __init__(self):
         self.pieces = {i: p for part in TEMPLATE_PIECES for p, i in part} | {i: p for p, i in WORDS.values()}
 
-    def _prompt(self, text):
-        words = text.split()
-        return [WORDS[w if k == 0 else "Ġ" + w] for k, w in enumerate(words)]
+    def _pieces(self, text):
+        prefix, suffix = TEMPLATE.split("{}")
+        head = TEMPLATE_PIECES[0] if text.startswith(prefix) else []
+        text = text.removeprefix(prefix) if head else text
+        tail = TEMPLATE_PIECES[1] if text.endswith(suffix) else []
+        text = text.removesuffix(suffix) if tail else text
+        words = [WORDS["Ġ" + w if k else w] for k, w in enumerate(text.split(" ")) if w or k]
+        return head + words + tail
 
     def __call__(self, texts, add_special_tokens=True):
-        out = []
-        for text in texts:
-            prefix, suffix = TEMPLATE.split("{}")
-            if text.startswith(prefix) and text.endswith(suffix):
-                pieces = TEMPLATE_PIECES[0] + self._prompt(text[len(prefix):-len(suffix)]) + TEMPLATE_PIECES[1]
-            else:
-                pieces = self._prompt(text)
-            out.append([i for _, i in pieces])
-        return {"input_ids": out}
+        return {"input_ids": [[i for _, i in self._pieces(text)] for text in texts]}
 
     def convert_ids_to_tokens(self, ids):
         return [self.pieces[int(i)] for i in ids]
@@ -66,7 +68,7 @@ class QwenTextProcessingEngine:
         return self.tokenizer([self.llama_template.format(text) for text in texts])["input_ids"]
 
     def tokenize_line(self, line, images=None):
-        parsed = [(line, 1.0)]
+        parsed = parsing.parse_prompt_attention(line, "Original")
         chunk = PromptChunk()
         for tokens, (_, weight) in zip(self.tokenize([t for t, _ in parsed]), parsed):
             chunk.tokens += tokens
