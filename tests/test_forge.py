@@ -164,6 +164,21 @@ def close(a, b, rel=1e-4) -> bool:
     return (a - b).abs().max().item() <= rel * b.abs().max().item()
 
 
+def assert_served(webui, txt2img, net, model, module, prompts, uncond):
+    """A DiT family S-CFG serves: off is Forge's image bit for bit, on differs with the infotext and no notice,
+    and nothing is left on the network or in its module (``attention_function``)."""
+    function = module.attention_function
+    assert forge.Backend().unsupported_reason(model) is None
+    run = functools.partial(forge_generate, webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS)
+    with H.extension_absent(webui):
+        plain, _ = forge_generate(webui, None, model, prompts, uncond, size=SIZE, steps=STEPS)
+    off, _ = run(args=H.script_args(txt2img, enabled=False))
+    on, p = run(args=H.script_args(txt2img, enabled=True))
+    assert torch.equal(off, plain) and (on - plain).abs().max() > 1e-2
+    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
+    assert hook_count(net) == 0 and module.attention_function is function
+
+
 def test_the_forge_backend_is_chosen(webui):
     assert isinstance(webui.script_module.SESSION.backend, forge.Backend)
 
@@ -451,15 +466,7 @@ def dit_model():
 def test_an_anima_type_dit_is_served(webui, txt2img, dit_model):
     from scfg_ext.miniature import dit
 
-    net, model = dit_model
-    function = dit.attention_function
-    assert forge.Backend().unsupported_reason(model) is None
-    plain, _ = generate(webui, None, model, "batch 2 + AND")
-    off, _ = generate(webui, txt2img, model, "batch 2 + AND", enabled=False)
-    on, p = generate(webui, txt2img, model, "batch 2 + AND")
-    assert torch.equal(off, plain) and not torch.equal(on, plain)
-    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
-    assert hook_count(net) == 0 and dit.attention_function is function
+    assert_served(webui, txt2img, *dit_model, dit, *CASES["batch 2 + AND"])
 
 
 def anima_context(seed: int, tokens: int) -> torch.Tensor:
@@ -538,8 +545,6 @@ def test_a_nextdit_is_served_when_its_prompts_run_before_the_negative(webui, txt
     from scfg_ext.miniature import nextdit
 
     net, model = nextdit_model
-    function = nextdit.attention_function
-    assert forge.Backend().unsupported_reason(model) is None
     run = functools.partial(forge_generate, webui, txt2img, model, size=SIZE, steps=STEPS, texts=["a AND b"],
                             args=H.script_args(txt2img, enabled=True, word_weights="b: 0"))
     equal = [[(emb(1, 37), 1.0), (emb(2, 37), 0.5)]], [emb(4, 37)]
@@ -549,16 +554,7 @@ def test_a_nextdit_is_served_when_its_prompts_run_before_the_negative(webui, txt
     alone, p = run(*equal)
     assert close(alone, batched), (alone - batched).abs().max()
     monkeypatch.setattr(sampling_function, "can_concat_cond", concat)
-
-    prompts, uncond = [[(emb(1, 37), 1.0), (emb(2, 50), 0.5)]], [emb(4, 23)]
-    plain, _ = forge_generate(webui, None, model, prompts, uncond, size=SIZE, steps=STEPS)
-    off, _ = forge_generate(webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS,
-                            args=H.script_args(txt2img, enabled=False))
-    on, p = forge_generate(webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS,
-                           args=H.script_args(txt2img, enabled=True))
-    assert torch.equal(off, plain) and (on - plain).abs().max() > 1e-2
-    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
-    assert hook_count(net) == 0 and nextdit.attention_function is function
+    assert_served(webui, txt2img, net, model, nextdit, [[(emb(1, 37), 1.0), (emb(2, 50), 0.5)]], [emb(4, 23)])
 
 
 def test_lumina_maps_and_word_weights_read_its_gemma_tokens(webui, txt2img, nextdit_model, token_weights_seen,
@@ -643,21 +639,8 @@ def test_a_chroma_type_mmdit_is_served(webui, txt2img, mmdit_model):
     negative): off is Forge's image bit for bit, on differs with the infotext and no notice, nothing left on."""
     from scfg_ext.miniature import mmdit
 
-    net, model = mmdit_model
-    function = mmdit.attention_function
-    assert forge.Backend().unsupported_reason(model) is None
-    plain, _ = generate(webui, None, model, "batch 2 + AND")
-    off, _ = generate(webui, txt2img, model, "batch 2 + AND", enabled=False)
-    on, p = generate(webui, txt2img, model, "batch 2 + AND")
-    assert torch.equal(off, plain) and not torch.equal(on, plain)
-    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
-    prompts, uncond = [[(emb(1, 37), 1.0)]], [emb(4, 23)]
-    plain, _ = forge_generate(webui, None, model, prompts, uncond, size=SIZE, steps=STEPS)
-    on, p = forge_generate(webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS,
-                           args=H.script_args(txt2img, enabled=True))
-    assert (on - plain).abs().max() > 1e-2
-    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
-    assert hook_count(net) == 0 and mmdit.attention_function is function
+    assert_served(webui, txt2img, *mmdit_model, mmdit, *CASES["batch 2 + AND"])
+    assert_served(webui, txt2img, *mmdit_model, mmdit, [[(emb(1, 37), 1.0)]], [emb(4, 23)])
 
 
 def test_chroma_maps_and_word_weights_read_its_t5_tokens(webui, txt2img, mmdit_model, token_weights_seen,
@@ -690,18 +673,7 @@ def test_a_qwen_image_mmdit_is_served(webui, txt2img, qwen_model):
     """A 12-token prompt run before a 50-token negative: off is Forge's image, on differs with no notice."""
     from scfg_ext.miniature import mmdit
 
-    net, model = qwen_model
-    function = mmdit.attention_function
-    assert forge.Backend().unsupported_reason(model) is None
-    prompts, uncond = [[(emb(1, 12), 1.0)]], [emb(4, 50)]
-    plain, _ = forge_generate(webui, None, model, prompts, uncond, size=SIZE, steps=STEPS)
-    off, _ = forge_generate(webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS,
-                            args=H.script_args(txt2img, enabled=False))
-    on, p = forge_generate(webui, txt2img, model, prompts, uncond, size=SIZE, steps=STEPS,
-                           args=H.script_args(txt2img, enabled=True))
-    assert torch.equal(off, plain) and (on - plain).abs().max() > 1e-2
-    assert "S-CFG" in p.extra_generation_params and infotext.NOTICE_KEY not in p.extra_generation_params
-    assert hook_count(net) == 0 and mmdit.attention_function is function
+    assert_served(webui, txt2img, *qwen_model, mmdit, [[(emb(1, 12), 1.0)]], [emb(4, 50)])
 
 
 def test_qwen_image_maps_and_word_weights_read_its_chat_template(webui, txt2img, qwen_model, token_weights_seen,
