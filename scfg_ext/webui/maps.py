@@ -173,7 +173,11 @@ def llm_prompt_tokens(engine, text: str) -> list[str]:
     parts), so the template's positions (``_template_marks``) are what is found; they hold no word. With no
     template known, every position but ``<bos>`` is read as words."""
     line = engine.process_template(text, False) if hasattr(engine, "process_template") else text
-    ids = [int(t) for chunk in _chunks(engine, line) for t in chunk.tokens]
+    return _llm_tokens(engine, [int(t) for chunk in _chunks(engine, line) for t in chunk.tokens])
+
+
+def _llm_tokens(engine, ids: Sequence[int]) -> list[str]:
+    """``llm_prompt_tokens`` of a context's ids."""
     tokenizer = engine.tokenizer
     marks = _template_marks(engine, ids)
     pieces = [TEMPLATE if m else p for p, m in zip(tokenizer.convert_ids_to_tokens(ids), marks, strict=True)]
@@ -194,7 +198,7 @@ def qwen_image_tokens(engine, text: str) -> list[str]:
     cut = starts[-1] if starts else 0
     if tuple(ids[cut + 1:cut + 3]) == QWEN_USER:
         cut += 3
-    return llm_prompt_tokens(engine, text)[cut:]
+    return _llm_tokens(engine, ids)[cut:]
 
 
 def _batch_prompts(p) -> list[str]:
