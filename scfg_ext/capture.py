@@ -742,7 +742,8 @@ BACKGROUNDS = {
              "model each row's first token (Lumina 2's <bos>) and its copies where Forge tiled the text",
     "null": "the context positions whose key is exactly zero (Anima's zero padding)",
     "end": "the null positions and the token before the first of them (the end-of-text token); on a "
-           "joint-attention model each row's last token (Chroma's </s>) and its copies where Forge tiled the text",
+           "joint-attention model each row's last token (Chroma's </s>), the copies of it that pad a batch's "
+           "shorter rows, and its copies where Forge tiled the text",
     "image": "none: the foreground is the whole image (the official code's choice for DeepFloyd IF stage I)",
 }
 
@@ -753,14 +754,23 @@ TILED = ("start", "end")  # the backgrounds a joint model reads per tile of its 
 def tile_backgrounds(context: torch.Tensor, background: str = "start") -> torch.Tensor:
     """``(B, T)``: True at the first (``"start"``) or last (``"end"``) position of each row and of every repeat
     of it, where Forge tiled the row's context to a common length (``ConditionCrossAttn.concat``:
-    ``c.repeat(1, T // len, 1)``); the period is the shortest one the row repeats with."""
+    ``c.repeat(1, T // len, 1)``); the period is the shortest one the row repeats with. ``"end"`` also takes the
+    copies of the last vector that end a row: a batch's shorter contexts are padded with them
+    (``prompt_parser.stack_conds``), and a joint attention without text positions (Chroma's) gives them the key
+    of the end token itself, so they share its attention."""
     b, t = context.shape[:2]
     period = torch.full((b,), t, dtype=torch.long, device=context.device)
     for p in reversed([p for p in range(1, t) if t % p == 0]):
         repeats = (context[:, p:] == context[:, :-p]).flatten(1).all(1)
         period = torch.where(repeats, p, period)
-    phase = torch.arange(t, device=context.device)[None] % period[:, None]
-    return phase == 0 if background == "start" else phase == period[:, None] - 1
+    position = torch.arange(t, device=context.device)[None]
+    phase = position % period[:, None]
+    if background == "start":
+        return phase == 0
+    last = position - phase + period[:, None] - 1  # the last position of each position's tile
+    other = (context != context.gather(1, last[..., None].expand_as(context))).flatten(2).any(2)
+    others_after = torch.cat([other.flip(1).cumsum(1).flip(1), other.new_zeros(b, 1, dtype=torch.long)], 1)
+    return others_after.gather(1, position.expand(b, t)) == others_after.gather(1, last + 1)
 
 
 def _row_backgrounds(keys: torch.Tensor, background: str) -> torch.Tensor:

@@ -100,6 +100,21 @@ def test_a_tiled_texts_start_and_end_copies_are_its_background():
     assert tile_backgrounds(context, "end").nonzero().tolist() == [[0, 4], [0, 9], [0, 14], [1, 14]]
 
 
+def test_a_padded_texts_end_is_its_last_vector_and_every_copy_of_it():
+    """``stack_conds`` pads a batch's shorter context with copies of its last vector (T5's ``</s>``): all of
+    them are the end; an equal vector before another one is not. A tiled row's tiles each end so too."""
+    from scfg_ext.capture import tile_backgrounds
+
+    gen = torch.Generator().manual_seed(0)
+    words, end = torch.randn(1, 4, 8, generator=gen), torch.randn(1, 1, 8, generator=gen)
+    padded = torch.cat([end, words, end.repeat(1, 3, 1)], 1)  # an end vector first, then words, </s> x 3
+    tile = torch.cat([words[:, :2], end, end], 1)
+    context = torch.cat([padded, tile.repeat(1, 2, 1)])
+    assert tile_backgrounds(context, "end").nonzero().tolist() == [[0, 5], [0, 6], [0, 7],
+                                                                    [1, 2], [1, 3], [1, 6], [1, 7]]
+    assert tile_backgrounds(context, "start").nonzero().tolist() == [[0, 0], [1, 0], [1, 4]]
+
+
 # ------------------------------------------------------------------------------------------------------
 # MMDiT (Chroma: Flux's double and single blocks)
 
