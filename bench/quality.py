@@ -114,12 +114,14 @@ def block_sets(depth: int) -> dict[str, list[int]]:
 def table_dit_choices(mini, scenes, levels, cfg, seed) -> None:
     from scfg_ext.capture import BACKGROUNDS, find_attention_layers
 
-    sets = block_sets(len(find_attention_layers(mini.net)))
+    layers = find_attention_layers(mini.net)
+    sets = block_sets(len(layers))
     prompts = [s.caption for s in scenes]
     first = mini.tokenizer.first_word
-    # Anima's text has no start token but null padding; a NextDiT's (Lumina 2) starts with one
-    backgrounds = ("null", "end", "image") if first == 0 else ("start", "image")
-    default = backgrounds[0]
+    # the family's default first: Anima's text has null padding and no start token, a NextDiT's (Lumina 2) has a
+    # start token, an MMDiT's (Chroma) neither: it ends in </s>
+    default = layers[0].background
+    backgrounds = {"null": ("null", "end", "image"), "start": ("start", "image"), "end": ("end", "image")}[default]
     print(f"\n## 5. Diffusion transformer choices: IoU with the exact masks (N={len(scenes)} scenes, noised ground "
           f"truth, CFG {cfg:g}, refine official)")
     print("Backgrounds: " + "; ".join(f"{k}: {BACKGROUNDS[k]}" for k in backgrounds) + ".\n")

@@ -94,17 +94,19 @@ class Grounding:
     Each weighted by the signal fraction ``alphas_cumprod[t]`` of the sample (at pure noise the layout is not
     yet decided: there is nothing to ground) and summed."""
 
-    def __init__(self, net: torch.nn.Module, start_token: bool = True, text_length: int = MM.CONTEXT):
-        self.start_token, self.text_length = start_token, text_length  # text_length: a joint layer's caption part
+    def __init__(self, net: torch.nn.Module, start_token: bool = True):
+        self.start_token = start_token
+        self.text_length = MM.CONTEXT  # a joint layer's caption part: the context length of the current batch
         self.seen: dict = {}  # layer key -> {"q": (B, S, C), "k": (B, T, C), "heads": h}
-        if hasattr(net, "layers") or hasattr(net, "blocks"):  # the DiTs: q and k as their attention function gets them
-            from scfg_ext.capture import AttentionTap
+        if not hasattr(net, "input_blocks"):  # the DiTs: q and k as their attention function gets them
+            from scfg_ext.capture import AttentionTap, find_joint_layers
 
             self.tap = AttentionTap(self._record)
-            if hasattr(net, "layers"):  # NextDiT: each main layer's one joint attention, split as the capture splits it
-                self.layers = {kind: [(kind, i) for i in range(len(net.layers))] for kind in ("attn1", "attn2")}
-                for i, layer in enumerate(net.layers):
-                    self.tap.watch(layer.attention, ("joint", i))
+            joint = find_joint_layers(net)
+            if joint:  # NextDiT's, MMDiT's one joint attention per block, split as the capture splits it
+                self.layers = {kind: [(kind, i) for i in range(len(joint))] for kind in ("attn1", "attn2")}
+                for i, layer in enumerate(joint):
+                    self.tap.watch(layer.attn1, ("joint", i))
                 return
             attentions = {"attn1": [b.self_attn for b in net.blocks], "attn2": [b.cross_attn for b in net.blocks]}
             self.layers = {kind: [id(m) for m in ms] for kind, ms in attentions.items()}
@@ -281,7 +283,6 @@ def main(argv=None) -> None:
                             dtype=torch.float32)
     alphas_cumprod = torch.cumprod(1 - betas, 0)
     tokenizer = MM.tokenizer_for(config)
-    empty = tokenizer.encode("")[0]
     g = torch.Generator().manual_seed(args.seed + 1)
     autocast = (lambda: torch.autocast("cpu", torch.bfloat16)) if args.bf16 else contextlib.nullcontext
 
@@ -292,13 +293,16 @@ def main(argv=None) -> None:
     t_log, loss_sum, loss_n = start, 0.0, 0
     step = 0
     sha = None
-    grounding = Grounding(net, tokenizer.start, tokenizer.context) if args.grounding > 0 else None
+    grounding = Grounding(net, tokenizer.start) if args.grounding > 0 else None
     ground_sum: dict[str, float] = {}
     while step < args.steps and time.perf_counter() - start < args.minutes * 60:
         images, captions, scenes = W.batch(args.seed, step * args.batch, args.batch)
-        ids = tokenizer.encode(captions)
+        ids = tokenizer.encode(["", *captions])  # one call: a trimming tokenizer cuts them to one length
+        empty, ids = ids[0], ids[1:]
         drop = torch.rand(args.batch, generator=g) < args.dropout
         ids[drop] = empty
+        if grounding is not None:
+            grounding.text_length = ids.shape[1]
         x0 = MM.to_latent(images)
         t = torch.randint(0, s["steps"], (args.batch,), generator=g)
         noise = torch.randn(x0.shape, generator=g)

@@ -230,6 +230,23 @@ def test_text_encoder_is_causal():
     assert not torch.allclose(out[0, 2], out[1, 2])
 
 
+def test_chroma_style_text_is_trimmed_and_padded_as_forge_stacks_it():
+    """The MMDiT miniature's text as Chroma's reaches Forge Neo's model: T5 unpadded (the words, ``</s>``), a
+    batch's shorter rows padded with copies of their last vector (``prompt_parser.stack_conds``)."""
+    torch.manual_seed(0)
+    tok = MM.tokenizer_for(MM.MMDIT_CONFIG)
+    enc = MM.TextEncoder(len(tok), layers=1, copy_padding=True).eval()
+    prompts = ["a red circle on grey", "a blue square", ""]
+    ids = tok.encode(prompts)
+    assert ids.shape == (3, 6) and ids[0, -1] == tok.eot and tok.encode("").tolist() == [[tok.eot]]
+    with torch.no_grad():
+        batch = enc(ids)
+        for row, prompt in zip(batch, prompts, strict=True):
+            alone = enc(tok.encode(prompt))[0]
+            stacked = torch.cat([alone, alone[-1:].repeat(len(row) - len(alone), 1)])
+            assert torch.allclose(row, stacked, atol=1e-6)
+
+
 def test_latent_map_round_trip():
     images, _, _ = W.batch(5, 0, 8)
     lat = MM.to_latent(images)

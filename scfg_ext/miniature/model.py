@@ -69,16 +69,20 @@ DEFAULT_CONFIG: dict = {
 
 class Tokenizer:
     """Word-level tokenizer over a fixed vocabulary (``vocab[0]`` = SOT, ``vocab[1]`` = EOT). ``start=False``:
-    no start token, the words begin at position 0 (T5 and the LLM encoders of the diffusion transformers)."""
+    no start token, the words begin at position 0 (T5 and the LLM encoders of the diffusion transformers).
+    ``trim=True``: ``encode`` cuts the context after the longest row's end token (T5 in Forge Neo is not padded;
+    a batch's shorter rows are, by ``prompt_parser.stack_conds``, with copies of their last vector, which the
+    ``TextEncoder`` with ``copy_padding`` makes of the EOT padding)."""
 
-    def __init__(self, vocab: Sequence[str] = DEFAULT_CONFIG["vocab"], context: int = CONTEXT, start: bool = True):
+    def __init__(self, vocab: Sequence[str] = DEFAULT_CONFIG["vocab"], context: int = CONTEXT, start: bool = True,
+                 trim: bool = False):
         if list(vocab[:2]) != [SOT, EOT]:
             raise ValueError("vocab must start with the start- and end-of-text tokens")
         self.vocab = list(vocab)
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.context = context
         self.sot, self.eot = 0, 1
-        self.start = start
+        self.start, self.trim = start, trim
         self.first_word = int(start)  # context position of the first word
 
     def __len__(self) -> int:
@@ -99,10 +103,13 @@ class Tokenizer:
         return body + [self.eot] * (self.context - len(body))
 
     def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """``(B, context)`` int64."""
+        """``(B, context)`` int64 (with ``trim``: ``(B, longest row)``)."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        return torch.tensor([self.ids(p) for p in prompts], dtype=torch.long)
+        ids = torch.tensor([self.ids(p) for p in prompts], dtype=torch.long)
+        if self.trim:
+            ids = ids[:, : max(len(self.words(p)) for p in prompts) + self.start + 1]
+        return ids
 
     def tokens(self, prompt: str) -> list[str]:
         """CLIP-style token strings of the context: ``<|startoftext|>``, ``red</w>`` ..., ``<|endoftext|>``
@@ -138,12 +145,14 @@ class TextEncoder(nn.Module):
 
     ``zero_padding``: the positions after the first end-of-text token are zero vectors, as Anima's context is
     (its text adapter's output, zero-padded to 512): with bias-free key projections and RMS-normalised keys,
-    their keys are exactly zero."""
+    their keys are exactly zero. ``copy_padding``: they are copies of the first end-of-text token's vector, as
+    Forge pads a batch's shorter contexts (``stack_conds``: the last vector repeated) and tiles an empty one
+    (the encoder is causal, so that vector is the one the row encoded alone ends with)."""
 
     def __init__(self, vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4, context: int = CONTEXT,
-                 zero_padding: bool = False, eot: int = 1):
+                 zero_padding: bool = False, copy_padding: bool = False, eot: int = 1):
         super().__init__()
-        self.zero_padding, self.eot = zero_padding, eot
+        self.zero_padding, self.copy_padding, self.eot = zero_padding, copy_padding, eot
         self.token_embedding = nn.Embedding(vocab_size, dim)
         self.position_embedding = nn.Parameter(torch.randn(context, dim) * 0.01)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
@@ -158,6 +167,10 @@ class TextEncoder(nn.Module):
         if self.zero_padding:
             end = (ids == self.eot).int()
             x = x * ((end.cumsum(1) - end) == 0)[..., None]  # up to and with the first end-of-text token
+        if self.copy_padding:
+            first = torch.where((ids == self.eot).any(1), (ids == self.eot).int().argmax(1), ids.shape[1] - 1)
+            x = x.gather(1, torch.minimum(torch.arange(ids.shape[1], device=ids.device), first[:, None])[..., None]
+                         .expand_as(x))
         return x
 
 
@@ -183,9 +196,15 @@ def _build_nextdit(net: dict) -> nn.Module:
     return MiniatureNextDiT(**net)
 
 
+def _build_mmdit(net: dict) -> nn.Module:
+    from .mmdit import MiniatureMMDiT
+
+    return MiniatureMMDiT(**net)
+
+
 # arch name -> builder(net config) -> module called as net(x, timesteps, context=context)
 ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {"unet": _build_unet, "anima": _build_dit,
-                                                         "nextdit": _build_nextdit}
+                                                         "nextdit": _build_nextdit, "mmdit": _build_mmdit}
 
 # Anima's network (``dit.MiniatureDiT``) on the same world, text and schedule; its text as Anima's is: no start
 # token, the words, the end token, zero vectors. 6 blocks of width 64 (4 heads of 16), patch 2: 16x16 tokens
@@ -206,14 +225,28 @@ NEXTDIT_CONFIG: dict = dict(
 NEXTDIT_WEIGHTS = WEIGHTS.with_name("nextdit.safetensors")
 NEXTDIT_WEIGHTS_SHA256: str | None = "10efeb758aa337a8a2d0496cde118f1bb3d3d486763a6fe17b740d84087dd4be"
 
+# Chroma's network (``mmdit.MiniatureMMDiT``: Flux's double and single blocks, text first) on the same world; its
+# text as Chroma's T5 text reaches it in Forge Neo: no start token, the words, </s>, no padding of its own (a
+# batch's shorter rows end in copies of their </s>, the empty prompt is </s> alone)
+MMDIT_CONFIG: dict = dict(
+    DEFAULT_CONFIG, arch="mmdit",
+    text=dict(DEFAULT_CONFIG["text"], start_token=False, copy_padding=True, trim=True),
+    net=dict(in_channels=4, out_channels=4, patch=2, dim=64, depth=2, depth_single=4, heads=4, context_dim=64,
+             axes=[4, 6, 6]),
+)
+MMDIT_WEIGHTS = WEIGHTS.with_name("mmdit.safetensors")
+MMDIT_WEIGHTS_SHA256: str | None = None
+
 # arch -> (config, committed weights, the name of their pinned sha256 here)
 TRAINED = {"unet": (DEFAULT_CONFIG, WEIGHTS, "WEIGHTS_SHA256"),
            "anima": (DIT_CONFIG, DIT_WEIGHTS, "DIT_WEIGHTS_SHA256"),
-           "nextdit": (NEXTDIT_CONFIG, NEXTDIT_WEIGHTS, "NEXTDIT_WEIGHTS_SHA256")}
+           "nextdit": (NEXTDIT_CONFIG, NEXTDIT_WEIGHTS, "NEXTDIT_WEIGHTS_SHA256"),
+           "mmdit": (MMDIT_CONFIG, MMDIT_WEIGHTS, "MMDIT_WEIGHTS_SHA256")}
 
 
 def tokenizer_for(config: dict) -> Tokenizer:
-    return Tokenizer(config["vocab"], start=config["text"].get("start_token", True))
+    return Tokenizer(config["vocab"], start=config["text"].get("start_token", True),
+                     trim=config["text"].get("trim", False))
 
 
 def build(config: dict = DEFAULT_CONFIG, seed: int | None = None) -> tuple[TextEncoder, nn.Module]:
@@ -226,7 +259,7 @@ def build(config: dict = DEFAULT_CONFIG, seed: int | None = None) -> tuple[TextE
         torch.manual_seed(seed)
     t = config["text"]
     text_encoder = TextEncoder(len(config["vocab"]), t["dim"], t["layers"], t["heads"],
-                               zero_padding=t.get("zero_padding", False))
+                               zero_padding=t.get("zero_padding", False), copy_padding=t.get("copy_padding", False))
     net = ARCHITECTURES[config["arch"]](config["net"])
     return text_encoder, net
 
@@ -338,11 +371,11 @@ def load(path: str | Path | None = None, sha256: str | None = None, device="cpu"
 
 def contexts(text_encoder: TextEncoder, tokenizer: Tokenizer, prompts: str | Sequence[str], negative: str = ""
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cond, uncond)``, each ``(B, 77, dim)``: the prompts' contexts and the negative prompt's (default the
-    empty prompt, the unconditional context the model was trained with) repeated per prompt."""
+    """``(cond, uncond)``, each ``(B, 77, dim)`` (a trimming tokenizer's: as long as the longest of them): the
+    prompts' contexts and the negative prompt's (default the empty prompt, the unconditional context the model
+    was trained with) repeated per prompt."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     device = next(text_encoder.parameters()).device
     with torch.no_grad():
-        cond = text_encoder(tokenizer.encode(prompts).to(device))
-        uncond = text_encoder(tokenizer.encode([negative]).to(device)).expand(len(prompts), -1, -1)
-    return cond, uncond.contiguous()
+        both = text_encoder(tokenizer.encode([*prompts, negative]).to(device))
+    return both[:-1], both[-1:].expand(len(prompts), -1, -1).contiguous()
