@@ -235,7 +235,7 @@ MMDIT_CONFIG: dict = dict(
              axes=[4, 6, 6]),
 )
 MMDIT_WEIGHTS = WEIGHTS.with_name("mmdit.safetensors")
-MMDIT_WEIGHTS_SHA256: str | None = None
+MMDIT_WEIGHTS_SHA256: str | None = "986aff671c1dd6d9855f7e104cc0eff279915e5c7841fdae7b12f41709595771"
 
 # arch -> (config, committed weights, the name of their pinned sha256 here)
 TRAINED = {"unet": (DEFAULT_CONFIG, WEIGHTS, "WEIGHTS_SHA256"),
