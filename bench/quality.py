@@ -119,9 +119,9 @@ def table_dit_choices(mini, scenes, levels, cfg, seed) -> None:
     prompts = [s.caption for s in scenes]
     first = mini.tokenizer.first_word
     # the family's default first: Anima's text has null padding and no start token, a NextDiT's (Lumina 2) has a
-    # start token, an MMDiT's (Chroma) neither: it ends in </s>
+    # start token, an MMDiT's (Chroma) neither (it ends in </s>, with copies of it where a batch pads its rows)
     default = layers[0].background
-    backgrounds = {"null": ("null", "end", "image"), "start": ("start", "image"), "end": ("end", "image")}[default]
+    backgrounds = {"null": ("null", "end", "image"), "start": ("start", "image"), "image": ("image", "end")}[default]
     print(f"\n## 5. Diffusion transformer choices: IoU with the exact masks (N={len(scenes)} scenes, noised ground "
           f"truth, CFG {cfg:g}, refine official)")
     print("Backgrounds: " + "; ".join(f"{k}: {BACKGROUNDS[k]}" for k in backgrounds) + ".\n")

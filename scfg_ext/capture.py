@@ -127,10 +127,13 @@ def find_joint_layers(net: torch.nn.Module) -> list[AttentionLayer]:
       of ``pad_tokens_multiple``. Background: each row's first token (Lumina 2's ``<bos>``).
     * MMDiT with Flux's blocks (``backend/nn/chroma.py``, Chroma): ``double_blocks[i]`` (two streams joined, text
       first) and ``single_blocks[i]``; their attention is a function, so the block is what arms the capture.
-      Background: each row's last token (T5's ``</s>``: there is no start token).
     * Qwen-Image's MMDiT (``backend/nn/qwen.py``): ``transformer_blocks[i].attn`` joins the streams text first
-      and passes ``(B, L, H * D)``; an edit's reference latents follow the image tokens. Background: each row's
-      last token (the end of its chat template)."""
+      and passes ``(B, L, H * D)``; an edit's reference latents follow the image tokens.
+
+    The MMDiTs' texts have no start token, and on the miniature MMDiT the end token (T5's ``</s>``, with its
+    padding copies) is no background sink: the foreground it leaves matches the named regions worse than the
+    whole image does, also where the caption does not name the ground (README). Their background is ``image``,
+    the official code's choice for DeepFloyd IF: every region is brought to the whole image's mean norm."""
     patch = getattr(net, "patch_size", None)
     if not isinstance(patch, int):
         return []
@@ -141,14 +144,14 @@ def find_joint_layers(net: torch.nn.Module) -> list[AttentionLayer]:
         pad, background, after_text = getattr(net, "pad_tokens_multiple", None) or 1, "start", False
     elif isinstance(blocks, torch.nn.ModuleList) and len(blocks):
         named = [(f"transformer_blocks.{i}", getattr(block, "attn", None)) for i, block in enumerate(blocks)]
-        pad, background = 1, "end"
+        pad, background = 1, "image"
     else:
         double, single = getattr(net, "double_blocks", None), getattr(net, "single_blocks", None)
         if not isinstance(double, torch.nn.ModuleList) or not isinstance(single, torch.nn.ModuleList):
             return []
         named = [(f"double_blocks.{i}", b) for i, b in enumerate(double)]
         named += [(f"single_blocks.{i}", b) for i, b in enumerate(single)]
-        pad, background = 1, "end"
+        pad, background = 1, "image"
     found = []
     for name, attention in named:
         module = sys.modules.get(type(attention).__module__)
@@ -328,11 +331,12 @@ class AttentionCapture:
     the U-Net's parameter bytes, at least ``MIN_BUDGET_BYTES``); above it the layers are processed in chunks.
 
     ``background``: the tokens whose maps make the background of the foreground split (``BACKGROUNDS``; default
-    ``"start"`` on a U-Net, ``"null"`` on a diffusion transformer). ``blocks``: the indices of the transformer
-    blocks a diffusion transformer is read at (default all). ``pool``: read a diffusion transformer's maps at the
-    segmentation grid (latent/4: every other query row and column of a patch-2 token grid, key columns summed
-    per grid cell), which costs a quarter of the full token grid's self-attention scores; default (None): when
-    that grid is at least ``MIN_POOLED_SIDE`` cells on its shorter side.
+    ``"start"`` on a U-Net, the family's own on a diffusion transformer: ``AttentionLayer.background``).
+    ``blocks``: the indices of the transformer blocks a diffusion transformer is read at (default all). ``pool``:
+    read a diffusion transformer's maps at the segmentation grid (latent/4: every other query row and column of a
+    patch-2 token grid, key columns summed per grid cell), which costs a quarter of the full token grid's
+    self-attention scores; default (None): when that grid is at least ``MIN_POOLED_SIDE`` cells on its shorter
+    side.
     """
 
     def __init__(self, refine: str = "official", foreground: str = "cond", memory_budget: int | None = None,

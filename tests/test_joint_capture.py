@@ -129,8 +129,8 @@ def small_mmdit():
 def test_the_double_and_single_blocks_are_found(small_mmdit):
     layers = find_attention_layers(small_mmdit)
     assert [(layer.name, layer.factor, layer.joint, layer.background) for layer in layers] == [
-        ("double_blocks.0", 2, 1, "end"), ("double_blocks.1", 2, 1, "end"),
-        ("single_blocks.0", 2, 1, "end"), ("single_blocks.1", 2, 1, "end")]
+        ("double_blocks.0", 2, 1, "image"), ("double_blocks.1", 2, 1, "image"),
+        ("single_blocks.0", 2, 1, "image"), ("single_blocks.1", 2, 1, "image")]
     assert all(layer.function is mmdit and layer.attn1 is layer.attn2 for layer in layers)
 
 
@@ -167,22 +167,25 @@ def test_mmdit_maps_equal_the_direct_softmax_and_outputs_are_identical(small_mmd
         torch.testing.assert_close(s, scores[..., 10:].softmax(-1).mean(1))
         torch.testing.assert_close(c, scores[..., :10].softmax(-1).mean(1))
     assert regions.shape == (1, 10, *LATENT) and foreground.shape == (1, 1, *LATENT)
-    assert capture.background == "end"
+    assert capture.background == "image" and foreground.all()
 
 
-@pytest.mark.parametrize("net, backgrounds", [("small_nextdit", [[0, 5], [0]]), ("small_mmdit", [[4, 9], [9]])])
-def test_the_foreground_of_a_joint_model_uses_each_rows_own_background(net, backgrounds, request):
-    """A joint model's background: each row's first position (NextDiT, "start") or last (MMDiT, "end") and, in a
-    tiled row, each copy's; the regions and foreground equal ``semantic_masks`` of the captured maps with those
-    background positions."""
+@pytest.mark.parametrize("net, background, backgrounds", [("small_nextdit", "start", [[0, 5], [0]]),
+                                                          ("small_mmdit", "end", [[4, 9], [7, 8, 9]])])
+def test_the_foreground_of_a_joint_model_uses_each_rows_own_background(net, background, backgrounds, request):
+    """A joint model's background: each row's first position ("start", NextDiT's default) or last ("end", with the
+    copies of it that pad a row) and, in a tiled row, each copy's; the regions and foreground equal
+    ``semantic_masks`` of the captured maps with those background positions."""
     from scfg_ext import masks as M
 
     net = request.getfixturevalue(net)
     x, t, _ = inputs()
     gen = torch.Generator().manual_seed(3)
-    ctx = torch.cat([torch.randn(1, 5, 16, generator=gen).repeat(1, 2, 1), torch.randn(1, 10, 16, generator=gen)])
+    padded = torch.randn(1, 8, 16, generator=gen)
+    padded = torch.cat([padded, padded[:, -1:]], 1) if background == "end" else torch.randn(1, 9, 16, generator=gen)
+    ctx = torch.cat([torch.randn(1, 5, 16, generator=gen).repeat(1, 2, 1), torch.cat([padded, padded[:, -1:]], 1)])
     observed = []
-    capture = AttentionCapture(refine="none")
+    capture = AttentionCapture(refine="none", background=background)
     capture.observer = lambda layer, roles, s, c: observed.append((s, c))
     with capture.attach(net):
         capture.plan_step([Cond(0), Cond(1)])
@@ -209,7 +212,7 @@ def small_qwen():
 def test_qwen_image_blocks_are_found(small_qwen):
     layers = find_attention_layers(small_qwen)
     assert [(layer.name, layer.joint, layer.background, layer.image_after_text) for layer in layers] == [
-        ("transformer_blocks.0", 1, "end", True), ("transformer_blocks.1", 1, "end", True)]
+        ("transformer_blocks.0", 1, "image", True), ("transformer_blocks.1", 1, "image", True)]
     assert all(layer.function is mmdit and layer.attn1 is layer.attn2 for layer in layers)
 
 
@@ -250,4 +253,4 @@ def test_qwen_image_maps_equal_the_direct_softmax_and_outputs_are_identical(smal
         scores = torch.einsum("bihd,bjhd->bhij", q[:, 10:10 + n], k) * q.shape[-1] ** -0.5
         torch.testing.assert_close(s, scores[..., 10:10 + n].softmax(-1).mean(1))
         torch.testing.assert_close(c, scores[..., :10].softmax(-1).mean(1))
-    assert regions.shape == (1, 10, *LATENT) and capture.background == "end"
+    assert regions.shape == (1, 10, *LATENT) and capture.background == "image"
