@@ -365,7 +365,6 @@ class AttentionCapture:
         self._latent: tuple[int, int] | None = None
         self._text: int | None = None  # the context length of the current call (a joint attention's text part)
         self._joint = False  # the layers are joint attentions (NextDiT, MMDiT)
-        self._tiled: torch.Tensor | None = None  # (B, T) a joint model's background positions per row, this call
         self._device = "cpu"
         self._open: dict[int, list] = {}  # layer index -> its four projections seen so far in this call
         self._pending: dict[tuple, list] = {}  # group key -> completed layers waiting to be processed
@@ -488,9 +487,11 @@ class AttentionCapture:
         self._drop()
         call = _CallMaps(roles, self.foreground == "uncond")
         self._call = call if call.rows else None
-        self._tiled = None
-        if self._call is not None and self._text is not None and self._joint and self.background in TILED:
-            self._tiled = tile_backgrounds(context, self.background)
+        if self._call is not None and self._text is not None and self._joint and self.background in (*TILED, "image"):
+            # once per call, not per chunk: the context is the same in every block
+            tiled = (tile_backgrounds(context, self.background) if self.background in TILED
+                     else torch.zeros(context.shape[:2], dtype=torch.bool, device=context.device))
+            call.pair_w = torch.stack([tiled[call.rows], ~tiled[call.rows]], 1).float()
         if self._call is not None:
             self._calls.append(call)
             self._call_latents.add(self._latent)
@@ -686,9 +687,8 @@ class AttentionCapture:
             del buf, buf4
         if g.stride > 1:
             sa = torch.matmul(sa, _pool_matrix(g.hw, g.stride, sa.device))  # keys summed per grid cell
-        if self._tiled is not None:  # a joint model's start or end: each row's, and its tiles' where Forge tiled
-            tiled = self._tiled[list(rows)].to(z.device)
-            pair_w = torch.stack([tiled, ~tiled], 1).float()
+        if call.pair_w is not None:  # a joint model's start or end (each row's, and its tiles'), or none
+            pair_w = call.pair_w.to(z.device)
         elif self.background == "start":
             pair_w = None
         else:
@@ -813,6 +813,7 @@ class _CallMaps:
         if uncond_needed:
             wanted |= {r for r in roles if isinstance(r, Uncond)}
         self.rows = [i for i, r in enumerate(roles) if r in wanted]
+        self.pair_w: torch.Tensor | None = None  # (R, 2, T) a joint model's [background, rest] weights of the rows
         self.chunks: dict[tuple, tuple[tuple[int, int], list[torch.Tensor]]] = {}
         self.layers = 0
         self.acc = M.MaskAccumulator()
