@@ -127,7 +127,7 @@ def table_dit_choices(mini, scenes, levels, cfg, seed) -> None:
     print("Backgrounds: " + "; ".join(f"{k}: {BACKGROUNDS[k]}" for k in backgrounds) + ".\n")
     # a background token earns its place where the caption does not name the ground: there the foreground should
     # be the objects alone, and the whole image's IoU is their share of it
-    print("| step (sigma) | blocks | background | grid | objects | ground | foreground | foreground, ground not named |")
+    print("| step (sigma) | blocks | background | grid | objects | ground | foreground | foreground, unnamed ground |")
     print("|---|---|---|---|---|---|---|---|")
     choices = [("all", b, None) for b in backgrounds] + [("all", default, True)]
     choices += [(name, default, None) for name in sets if name != "all"]
