@@ -490,8 +490,8 @@ class AttentionCapture:
         if self._call is not None and self._text is not None and self._joint and self.background in (*TILED, "image"):
             # once per call, not per chunk: the context is the same in every block
             tiled = (tile_backgrounds(context, self.background) if self.background in TILED
-                     else torch.zeros(context.shape[:2], dtype=torch.bool, device=context.device))
-            call.pair_w = torch.stack([tiled[call.rows], ~tiled[call.rows]], 1).float()
+                     else torch.zeros(context.shape[:2], dtype=torch.bool, device=context.device))[call.rows]
+            call.pair_w = torch.stack([tiled, ~tiled], 1).float()
         if self._call is not None:
             self._calls.append(call)
             self._call_latents.add(self._latent)

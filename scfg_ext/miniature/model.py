@@ -107,8 +107,8 @@ class Tokenizer:
         if isinstance(prompts, str):
             prompts = [prompts]
         ids = torch.tensor([self.ids(p) for p in prompts], dtype=torch.long)
-        if self.trim:
-            ids = ids[:, : max(len(self.words(p)) for p in prompts) + self.start + 1]
+        if self.trim:  # every row has an end token: ``words`` leaves room for it
+            ids = ids[:, : int((ids == self.eot).int().argmax(1).max()) + 1]
         return ids
 
     def tokens(self, prompt: str) -> list[str]:
@@ -164,13 +164,14 @@ class TextEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.ln_final(x)
-        if self.zero_padding:
-            end = (ids == self.eot).int()
-            x = x * ((end.cumsum(1) - end) == 0)[..., None]  # up to and with the first end-of-text token
-        if self.copy_padding:
-            first = torch.where((ids == self.eot).any(1), (ids == self.eot).int().argmax(1), ids.shape[1] - 1)
-            x = x.gather(1, torch.minimum(torch.arange(ids.shape[1], device=ids.device), first[:, None])[..., None]
-                         .expand_as(x))
+        if self.zero_padding or self.copy_padding:
+            end = ids == self.eot
+            first = torch.where(end.any(1), end.int().argmax(1), ids.shape[1] - 1)[:, None]  # the first end token
+            position = torch.arange(ids.shape[1], device=ids.device)[None]
+            if self.zero_padding:
+                x = x * (position <= first)[..., None]
+            if self.copy_padding:
+                x = x.gather(1, torch.minimum(position, first)[..., None].expand_as(x))
         return x
 
 
