@@ -800,9 +800,9 @@ def test_maps_over_img2img_inpaint_and_batch_count(webui, img2img, model, pictur
 
 
 def test_maps_without_tokens_name_positions_and_never_fail(webui, txt2img, model, pictures, monkeypatch):
-    from scfg_ext.webui import maps
+    from scfg_ext.webui import prompts
 
-    monkeypatch.setattr(maps, "prompt_engine", lambda sd_model: ("", None))
+    monkeypatch.setattr(prompts, "prompt_engine", lambda sd_model: ("", None))
     _, p = run(webui, txt2img, model, texts=["a horse"], args=scfg(txt2img, show_maps=True, word_weights="horse: 2"))
     assert pictures[0].labels[:2] == ["token 0", "token 1"]
     assert "could not read the prompt's tokens" in p.extra_generation_params[infotext.NOTICE_KEY]

@@ -389,7 +389,7 @@ def test_prompt_engine_of_each_webui_and_model_family():
     ``text_processing_engine_l`` (SDXL); A1111 and reForge ``cond_stage_model`` (SD1/SD2, hijacked); SDXL the
     first ``conditioner.embedders`` entry that is one (reForge also sets ``cond_stage_model`` to the
     conditioner, which is not)."""
-    from scfg_ext.webui.maps import prompt_engine
+    from scfg_ext.webui.engines import prompt_engine
 
     engine = types.SimpleNamespace(tokenize_line=lambda text: None)
     ns = types.SimpleNamespace
@@ -407,10 +407,10 @@ def test_prompt_engine_of_each_webui_and_model_family():
 def test_prompt_tokens_hf_and_open_clip_tokenizers():
     from modules.sd_hijack_clip import FrozenCLIPEmbedderWithCustomWords
 
-    from scfg_ext.webui import maps
+    from scfg_ext.webui import engines
 
     engine = FrozenCLIPEmbedderWithCustomWords()
-    tokens = maps.prompt_tokens(engine, "a red horse")
+    tokens = engines.prompt_tokens(engine, "a red horse")
     assert tokens[:5] == ["<|startoftext|>", "a</w>", "red</w>", "horse</w>", "<|endoftext|>"] and len(tokens) == 77
     # A1111 SD2: open_clip's SimpleTokenizer (a decoder dict, <start_of_text>/<end_of_text>) via the engine's module
     ids = [t for chunk in engine.tokenize_line("a horse")[0] for t in chunk.tokens]
@@ -424,7 +424,7 @@ def test_prompt_tokens_hf_and_open_clip_tokenizers():
 
     sys.modules["sd2_engine_module"] = module
     try:
-        assert maps.prompt_tokens(sd2, "a horse")[:4] == ["<|startoftext|>", "a</w>", "horse</w>", "<|endoftext|>"]
+        assert engines.prompt_tokens(sd2, "a horse")[:4] == ["<|startoftext|>", "a</w>", "horse</w>", "<|endoftext|>"]
     finally:
         del sys.modules["sd2_engine_module"]
 
@@ -476,13 +476,14 @@ def test_gallery_placement_with_a_grid_and_masks():
     from scfg_ext.capture import Cond
     from scfg_ext.guidance import KeptMaps
     from scfg_ext.webui import maps
+    from scfg_ext.webui.prompts import PassPrompts
 
     grid, img0, mask0, img1, mask1 = (Image.new("RGB", (32, 32), (k * 40, 0, 0)) for k in range(5))
     processed = types.SimpleNamespace(images=[grid, img0, mask0, img1, mask1], index_of_first_image=1,
                                       infotexts=["grid", "i0", "m0", "i1", "m1"])
     p = types.SimpleNamespace(batch_size=2, n_iter=1, save_samples=lambda: False)
     kept = KeptMaps(torch.zeros(4, 4, dtype=torch.long), torch.ones(4, 4, dtype=torch.float16), 77)
-    prompts = maps.PassPrompts(0, 2, False, [["a"], ["b"]], [[None], [None]])
+    prompts = PassPrompts(0, 2, False, [["a"], ["b"]], [[None], [None]])
     drawn = []
     original = maps.picture
     maps.picture = lambda base, k, labels, title: drawn.append(base) or original(base, k, labels, title)

@@ -515,13 +515,13 @@ def test_upstream_neos_anima_tokenizer_gives_the_same_tokens():
     """Upstream Neo's Anima engine has no ``tokenize_line``; its ComfyUI-style ``t5_tokenizer`` gives the ids."""
     from backend.text_processing import anima_engine
 
-    from scfg_ext.webui import maps
+    from scfg_ext.webui import engines
 
     fork = anima_engine.AnimaTextProcessingEngine()
     upstream = types.SimpleNamespace(t5_tokenizer=anima_engine.upstream_t5_tokenizer())
-    assert maps.prompt_engine(types.SimpleNamespace(text_processing_engine_anima=upstream))[1] is upstream
-    tokens = maps.t5_prompt_tokens(upstream, "a dog, a cat")
-    assert tokens == maps.t5_prompt_tokens(fork, "a dog, a cat") and len(tokens) == 512
+    assert engines.prompt_engine(types.SimpleNamespace(text_processing_engine_anima=upstream))[1] is upstream
+    tokens = engines.t5_prompt_tokens(upstream, "a dog, a cat")
+    assert tokens == engines.t5_prompt_tokens(fork, "a dog, a cat") and len(tokens) == 512
     assert tokens[:8] == ["", "a</w>", "dog</w>", ",</w>", "", "a</w>", "cat</w>", "<|endoftext|>"]
 
 
@@ -577,7 +577,7 @@ def test_z_image_tokens_are_read_from_its_chat_template():
     """Z-Image's Qwen3 engine (byte-level BPE, ``Ġ`` spaces) puts the prompt inside a chat template (the real
     tokenizer's pieces, ``backend/huggingface/Tongyi-MAI/Z-Image-Turbo/tokenizer``, 283cb2c4's
     ``tokenize_line -> (chunks, count)``)."""
-    from scfg_ext.webui import maps
+    from scfg_ext.webui import engines
     from scfg_ext.weights import parse_weights, token_weights
 
     pieces = ["<|im_start|>", "user", "Ċ", "a", "Ġred", "Ġhorse", ",", "ĠcafÃ©", "<|im_end|>", "Ċ", "<|im_start|>",
@@ -596,7 +596,7 @@ def test_z_image_tokens_are_read_from_its_chat_template():
 
     engine = types.SimpleNamespace(tokenizer=Tokenizer(), llama_template=template, tokenize_line=lambda line: (
         [types.SimpleNamespace(tokens=list(range(len(pieces))))], len(pieces)))
-    tokens = maps.llm_prompt_tokens(engine, "a red horse, café")
+    tokens = engines.llm_prompt_tokens(engine, "a red horse, café")
     assert tokens[3:8] == ["a</w>", "red</w>", "horse</w>", ",</w>", "cafÃ©</w>"]
     assert tokens[:3] + tokens[8:] == ["<|startoftext|>"] * 8
     weights, missing = token_weights(parse_weights("café: 2, user: 3"), tokens, chunk=len(tokens))
@@ -610,12 +610,12 @@ def test_llm_engines_label_prompts_with_emphasis():
     from backend.text_processing.gemma_engine import GemmaTextProcessingEngine
     from backend.text_processing.qwen_engine import QwenTextProcessingEngine
 
-    from scfg_ext.webui import maps
+    from scfg_ext.webui import engines
     from scfg_ext.weights import SOT, parse_weights, token_weights
 
-    lumina = maps.llm_prompt_tokens(GemmaTextProcessingEngine(), "a (red:1.2) horse")
+    lumina = engines.llm_prompt_tokens(GemmaTextProcessingEngine(), "a (red:1.2) horse")
     assert lumina == [SOT] * 31 + ["a</w>", "", "red</w>", "horse</w>"]
-    qwen = maps.qwen_image_tokens(QwenTextProcessingEngine(), "a (red:1.2) horse")
+    qwen = engines.qwen_image_tokens(QwenTextProcessingEngine(), "a (red:1.2) horse")
     # a, Ġ (an empty word), 5 + 34 template, red, 5 + 34 template, Ġhorse, 5 template
     assert [(i, t) for i, t in enumerate(qwen) if t != SOT] == [(0, "a</w>"), (1, "</w>"), (41, "red</w>"),
                                                                  (81, "horse</w>")]

@@ -39,6 +39,7 @@ from ..guidance import MapKeeper, ScfgRun
 from ..settings import Settings, SettingsError
 from ..weights import parse_weights
 from . import infotext, maps, xyz
+from .prompts import PassPrompts, pass_prompts, word_weights
 
 log = logging.getLogger("sd-webui-scfg")
 
@@ -62,7 +63,7 @@ class Pass:
     denoiser: Any
     unet: torch.nn.Module
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    prompts: maps.PassPrompts | None = None  # the batch's sub-prompts and their tokens (maps, word weights)
+    prompts: PassPrompts | None = None  # the batch's sub-prompts and their tokens (maps, word weights)
 
 
 def resolve_settings(args, p) -> Settings:
@@ -183,8 +184,8 @@ class Session:
         entries = parse_weights(settings.word_weights)
         prompts = None
         if entries or settings.show_maps:
-            prompts = maps.pass_prompts(p, warn)
-        token_weights = maps.word_weights(prompts, entries, warn) if entries else None
+            prompts = pass_prompts(p, warn)
+        token_weights = word_weights(prompts, entries, warn) if entries else None
         keeper = None
         if settings.show_maps:
             keeper = MapKeeper(settings.maps_step, (settings.start + min(settings.end, 1.0)) / 2)
