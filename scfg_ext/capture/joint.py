@@ -26,8 +26,9 @@ def find_joint_layers(net: torch.nn.Module) -> list[AttentionLayer]:
 
     The MMDiTs' texts have no start token, and on the miniature MMDiT the end token (T5's ``</s>``, with its
     padding copies) is no background sink: the foreground it leaves matches the named regions worse than the
-    whole image does, also where the caption does not name the ground (README). Their background is ``image``,
-    the official code's choice for DeepFloyd IF: every region is brought to the whole image's mean norm."""
+    whole image does, also where the caption does not name the ground (docs/diffusion-transformers.md). Their
+    background is ``image``, the official code's choice for DeepFloyd IF: every region is brought to the whole
+    image's mean norm."""
     patch = getattr(net, "patch_size", None)
     if not isinstance(patch, int):
         return []
