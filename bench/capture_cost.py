@@ -19,7 +19,16 @@ uncond rows (batch 1 = 2 rows), roles ``Cond(i)``/``Uncond(i)``.
 Per model, size and batch, plain call vs S-CFG call (``capture.plan_step(roles)`` + the same call with the
 hooks attached, after one warm-up call; ``masks()``, once per step, is counted separately):
 
-* ops: aten operations dispatched (a ``TorchDispatchMode`` counter): machine-independent;
+* ops: aten operations dispatched (a ``TorchDispatchMode`` counter): machine-independent; and of them the ones
+  that launch work (``scfg_ext/opcount.py``, loaded from this checkout whatever ``--pkg-root`` says): an
+  operation whose schema returns a read-only alias of an input (``Tensor(a)``: views, ``detach``, ``split``) is
+  a view, metadata (``sym_size``, non-tensor results) and allocations (``empty``, ``empty_strided``,
+  ``_unsafe_view``) launch nothing, a host sync (``_local_scalar_dense``, i.e. ``.item()``/``.tolist()``/
+  ``bool(tensor)``; ops whose output shape depends on the data, e.g. boolean indexing; ``torch.tensor`` from
+  Python data) is counted apart; every other operation, in-place and ``out=`` ones included, launches a kernel.
+  Per U-Net call for the capture (with its launching operations per block read: the added ones over the number of
+  captured blocks), and per step for ``masks()`` + the combination (``ScfgRun.combine``: the rates and the CFG
+  combination, plain CFG's own 5 operations included);
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention): machine-independent;
 * peak memory: bytes of live tensor storage, tracked at every aten operation by a ``TorchDispatchMode`` (each
   new storage counted until it is freed), plus the weights and inputs; tensors a kernel allocates internally
@@ -89,6 +98,20 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from scfg_ext import testbed  # noqa: E402
 from scfg_ext.capture import AttentionCapture, Cond, Uncond  # noqa: E402
+from scfg_ext.guidance import ScfgRun, plain_cfg  # noqa: E402
+from scfg_ext.settings import Settings  # noqa: E402
+
+
+def _load_opcount():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scfg_opcount", REPO_ROOT / "scfg_ext" / "opcount.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+OpKinds = _load_opcount().OpKinds
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -104,16 +127,6 @@ def autocast_off_on_meta() -> None:
         return original(device_type, *args, **kwargs)
 
     torch.autocast = autocast
-
-
-class OpCount(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
 
 
 class LiveBytes(TorchDispatchMode):
@@ -267,60 +280,85 @@ class Case:
             if a.blocks:
                 kwargs["blocks"] = [int(b) for b in a.blocks.split(",")]
         capture = AttentionCapture(**kwargs)
+        run = ScfgRun(Settings(enabled=True, refine=a.refine, foreground=a.foreground))
+        run.capture = capture  # the capture with this bench's budget, pool and blocks
         chunks: list[int] = []
         base = self.weight_bytes + tensor_bytes((x, t, ctx))
         self.existing = [*self.unet.parameters(), *self.unet.buffers(), x, t, ctx]
 
+        def conds(out):
+            return [[(out[i], 1.0)] for i in range(batch)]
+
         def plain():
-            self.unet(x, t, context=ctx)
+            return self.unet(x, t, context=ctx)
+
+        def plain_step():
+            out = plain()
+            plain_cfg(out[batch:], conds(out), 7.0)
 
         def scfg_call():
-            capture.plan_step(roles)
-            self.unet(x, t, context=ctx)
+            run.begin_step(roles, 0.5)
+            return self.unet(x, t, context=ctx)
 
         def masks():
             if not capture.masks((lat, lat)):
                 raise RuntimeError(f"no S-CFG maps ({capture.error})")
+
+        def combination(out):
+            applied = run.steps_applied
+            run.combine(out[batch:], conds(out), 7.0)
+            if run.steps_applied == applied:
+                raise RuntimeError(f"S-CFG did not guide the step ({capture.error})")
+
+        def step():
+            combination(scfg_call())
 
         out = {"model": self.model, "size": size, "batch": batch, "rows": 2 * batch,
                "layers": None, "weights_mib": self.weight_bytes / MiB}
         with torch.no_grad(), self.autocast():
             counts = {}
             if a.time_only:
-                with capture.attach(self.unet):
+                with run.attached(self.unet):
                     out["layers"] = len(capture.layers)
-                    out["time"] = self._time(plain, lambda: (scfg_call(), masks()), capture)
+                    out["time"] = self._time(plain_step, step, capture)
                 return out
-            for name, fn in (("plain", plain),):
-                counts[name] = self._counts(fn)
-            with capture.attach(self.unet):
+            counts["plain"] = self._counts(plain)
+            counts["plain_step"] = self._counts(plain_step)
+            with run.attached(self.unet):
                 out["layers"] = len(capture.layers)
                 out["budget_mib"] = getattr(capture, "budget", 0) / MiB
-                scfg_call()
-                masks()  # warm: constant tensors are made once per device
+                with OpKinds():  # meta: scalar reads answered, as everywhere below
+                    step()  # warm: constant tensors are made once per device
                 if hasattr(capture, "on_process"):
                     capture.on_process = chunks.append
                 counts["scfg"] = self._counts(scfg_call)
                 chunks.clear()
-                scfg_call()
+                with OpKinds():
+                    out_call = scfg_call()
                 out["chunks"] = list(chunks)  # layers per processed chunk, one call
                 counts["masks"] = self._counts(masks)
-                counts["step"] = self._counts(lambda: (scfg_call(), masks()))
+                counts["combination"] = self._counts(lambda: combination(out_call), flops=False, memory=False)
+                counts["step"] = self._counts(step)
                 if self.device.type != "meta":
-                    out["time"] = self._time(plain, lambda: (scfg_call(), masks()), capture)
+                    out["time"] = self._time(plain_step, step, capture)
         for k, v in counts.items():
             out[k] = v
         out["base_mib"] = base / MiB
         return out
 
-    def _counts(self, fn) -> dict:
-        with OpCount() as c:
+    def _counts(self, fn, flops: bool = True, memory: bool = True) -> dict:
+        with OpKinds() as c:
             fn()
-        with FlopCounterMode(display=False) as f:
-            fn()
-        with LiveBytes(self.existing) as m:
-            fn()
-        return {"ops": c.n, "flops": f.get_total_flops(), "peak_new": m.peak}
+        out = {"ops": c.ops, "launch": c.counts["launch"], "sync": c.counts["sync"], "views": c.counts["view"]}
+        if flops:
+            with FlopCounterMode(display=False) as f, OpKinds():
+                fn()
+            out["flops"] = f.get_total_flops()
+        if memory:
+            with LiveBytes(self.existing) as m, OpKinds():
+                fn()
+            out["peak_new"] = m.peak
+        return out
 
     def _time(self, plain, scfg, capture) -> dict:
         """Wall time of single calls, plain and S-CFG interleaved (ABBA); on a CPU also the time spent in the
@@ -372,11 +410,16 @@ def report(r: dict) -> str:
     if "plain" not in r:  # --time-only
         return f"{r['model']:>5} {r['size']:>5}² b{r['batch']} {r['layers']:>3} layers | {time_report(r['time'])}"
     base = r["base_mib"] * MiB
-    p, s, m, st = r["plain"], r["scfg"], r["masks"], r["step"]
-    pk_p, pk_s = base + p["peak_new"], base + st["peak_new"]
-    line = (f"{r['model']:>5} {r['size']:>5}² b{r['batch']} {r['layers']:>3} layers"
-            f" | ops {p['ops']:>6} -> {s['ops']:>6} (+{s['ops'] - p['ops']:>5}; masks() +{m['ops']})"
-            f" | FLOPs {p['flops'] / 1e12:8.3f}T x{st['flops'] / p['flops']:.4f}"
+    p, s, m, c, st = r["plain"], r["scfg"], r["masks"], r["combination"], r["step"]
+    pst = r["plain_step"]
+    pk_p, pk_s = base + pst["peak_new"], base + st["peak_new"]
+    launch = s["launch"] - p["launch"]
+    line = (f"{r['model']:>7} {r['size']:>5}² b{r['batch']} {r['layers']:>3} layers"
+            f" | call ops {p['ops']:>6} -> {s['ops']:>6} (+{s['ops'] - p['ops']:>5}; launching +{launch:>4},"
+            f" {launch / r['layers']:4.1f}/block; syncs +{s['sync'] - p['sync']})"
+            f" | step: masks() {m['ops']} ops; masks()+combination {c['ops']} ops, {c['launch']} launching,"
+            f" {c['sync']} syncs"
+            f" | FLOPs {pst['flops'] / 1e12:8.3f}T x{st['flops'] / pst['flops']:.4f}"
             f" | peak {pk_p / MiB:9.1f} -> {pk_s / MiB:9.1f} MiB x{pk_s / pk_p:.4f} (+{(pk_s - pk_p) / MiB:.1f})")
     if "time" in r:
         line += f" | {time_report(r['time'])}"
@@ -404,8 +447,10 @@ def main() -> int:
                 results.append(r)
                 print(report(r), flush=True)
         del case
-    print("ops: aten ops per U-Net call (S-CFG: plan_step + call; masks() once per step, separately); FLOPs and "
-          "peak of the step (call + masks()); peak = weights + inputs + live tensor storage")
+    print("call ops: aten ops per U-Net call (S-CFG: begin_step + call), launching: of them the ones that launch "
+          "work, /block: per captured block; step: masks() and masks() + the combination (ScfgRun.combine, plain "
+          "CFG's 5 ops included) once per step; FLOPs and peak of the step (call + combination, vs plain call + "
+          "plain CFG); peak = weights + inputs + live tensor storage")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
     return 0

@@ -9,6 +9,7 @@ that own the combination). Works in any output space (eps, x0, v): the rate is i
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import masks as M
 from .capture import AttentionCapture, Cond, Role
-from .masks import guidance_rate
 from .settings import Settings
 
 log = logging.getLogger("sd-webui-scfg")
@@ -144,8 +145,10 @@ class ScfgRun:
         self.active = False
         self.steps_seen = 0  # begin_step calls
         self.steps_applied = 0  # steps whose combination used S-CFG's maps
-        self.seconds = 0.0  # host time spent computing rates
-        self._foreground_cells: torch.Tensor | int = 0  # summed over guided rows and steps, read once at the end
+        self.seconds = 0.0  # host time spent issuing the rate computations (a GPU runs them later)
+        self._totals: torch.Tensor | None = None  # (2,) float64 on the device: ``_count``
+        self._rows = 0  # guided rows, summed over steps
+        self._foreground_cells = 0.0  # read off ``_totals`` by ``finish``
         self._applied_this_step = False
 
     @contextmanager
@@ -175,39 +178,42 @@ class ScfgRun:
               ) -> dict[Cond, torch.Tensor]:
         """Rate map ``(1, H, W)`` float32 for every cond output in ``conds`` (``Cond(image, sub-prompt)`` ->
         ``(C, H, W)``; ``uncond`` has one row per image) that S-CFG can guide this step; empty = plain CFG."""
+        return {key: deviation + 1 for key, (deviation, _) in self.deviations(uncond, conds, cfg_scale).items()}
+
+    def deviations(self, uncond: torch.Tensor, conds: Mapping[Cond, torch.Tensor], cfg_scale: float
+                    ) -> dict[Cond, tuple[torch.Tensor, torch.Tensor]]:
+        """``rate - 1`` ``(1, H, W)`` and ``cond - uncond`` ``(C, H, W)`` for every cond output S-CFG guides this
+        step, the rows of each U-Net call computed together. Nothing here waits for the device: what the notices
+        need is summed on it (``_totals``) and read once, when the pass ends (``finish``)."""
         if not self.active:
             return {}
         started = time.perf_counter()
-        maps = self.capture.masks(uncond.shape[-2:])
+        stacked = self.capture.stacked_masks(uncond.shape[-2:])
         if self.capture.error:
             self.warn_once(f"S-CFG skipped a step: {self.capture.error}")
         s = self.settings
-        out: dict[Cond, torch.Tensor] = {}
+        out: dict[Cond, tuple[torch.Tensor, torch.Tensor]] = {}
         kept = StepMaps({}, {}, {}) if self.keep_maps else None
         used_regions = {}
-        for key, cond in conds.items():
-            found = maps.get(key)
-            if found is None:
+        for keys, masks in stacked:
+            rows = [j for j, key in enumerate(keys) if key in conds]
+            if not rows:
                 continue
-            regions, foreground = found
-            self._foreground_cells = self._foreground_cells + foreground.sum()  # no host sync per step
-            delta = (cond - uncond[key.image])[None]
-            weights = self.token_weights.get(key)
-            if weights is not None:
-                fitted = self._fitted.get((key, regions.shape[1]))
-                if fitted is None:
-                    fitted = fit_weights(weights, regions.shape[1], self.repeat_weights).to(regions.device)
-                    self._fitted[(key, regions.shape[1])] = fitted
-                weights = fitted
-            rate = guidance_rate(delta, regions, foreground, cfg_scale, min_rate=s.min_rate,
-                                 max_rate=s.max_rate, max_scale=s.max_scale, token_weights=weights)[0]
-            out[key] = rate
-            used_regions[key] = regions[0]
-            if kept is not None:
-                kept.regions[key], kept.foreground[key], kept.rate[key] = regions[0], foreground[0], rate
-        if out and not all(torch.isfinite(rate).all() for rate in out.values()):
-            self.warn_once("S-CFG computed a non-finite rate map; that step used plain CFG")
-            out = {}
+            keys = [keys[j] for j in rows]
+            masks = M.pick_rows(masks, rows)
+            delta = _rows([conds[key] for key in keys]) - _rows([uncond[key.image] for key in keys])
+            weights = self._token_weights(keys, masks.shape[1] - 1, masks.device)
+            sums = M.region_sums(delta, masks)
+            self._count(sums)
+            deviation = M.rate_deviation(sums, masks, cfg_scale, min_rate=s.min_rate, max_rate=s.max_rate,
+                                         max_scale=s.max_scale, token_weights=weights)
+            for j, key in enumerate(keys):
+                out[key] = deviation[j], delta[j]
+                if kept is not None or self.keeper is not None:
+                    used_regions[key] = masks[j, :-1]
+                if kept is not None:
+                    kept.regions[key], kept.foreground[key], kept.rate[key] = masks[j, :-1], masks[j, -1:], \
+                        deviation[j] + 1
         self.seconds += time.perf_counter() - started
         if out:
             if not self._applied_this_step:
@@ -216,12 +222,46 @@ class ScfgRun:
             if kept is not None:
                 self.last_maps = kept
             if self.keeper is not None:
-                self.keeper.add(self.progress, used_regions, out)
+                self.keeper.add(self.progress, used_regions, {key: d + 1 for key, (d, _) in out.items()})
         return out
 
+    def _token_weights(self, keys: Sequence[Cond], tokens: int, device) -> torch.Tensor | None:
+        """The rows' word weights fitted to the context length, ``(rows, T)``, or None when no row has any."""
+        if not any(key in self.token_weights for key in keys):
+            return None
+        rows = []
+        for key in keys:
+            fitted = self._fitted.get((key, tokens))
+            if fitted is None:
+                weights = self.token_weights.get(key)
+                fitted = (torch.ones(tokens) if weights is None
+                          else fit_weights(weights, tokens, self.repeat_weights)).to(device)
+                self._fitted[(key, tokens)] = fitted
+            rows.append(fitted)
+        return _rows(rows)
+
+    def _count(self, sums: torch.Tensor) -> None:
+        # the foreground's [norm sum, cells + epsilon], summed over rows and steps: the notices' evidence, read once
+        # at the end of the pass. The norm sum is not finite when a foreground norm was not (then the rate map was
+        # not finite either: a non-finite ratio reaches every cell through the region product)
+        foreground = sums[0, -1] if len(sums) == 1 else sums[:, -1].sum(0)
+        self._totals = foreground.double() if self._totals is None else self._totals.add_(foreground)
+        self._rows += len(sums)
+
+    def finish(self) -> None:
+        """End of the pass: read what the notices need off the device (the one wait for it), and warn."""
+        if self._totals is None:
+            return
+        norms, cells = self._totals.tolist()
+        self._foreground_cells = cells - self._rows * M.EPS
+        if not math.isfinite(norms):
+            self.warn_once("S-CFG computed a non-finite rate map (the norm of cond - uncond overflowed); those steps "
+                           "used plain CFG")
+
     def found_no_foreground(self) -> bool:
-        """S-CFG guided some steps, but on none of them was any cell foreground: its rate was 1 everywhere."""
-        return self.steps_applied > 0 and not bool(self._foreground_cells)
+        """S-CFG guided some steps, but on none of them was any cell foreground: its rate was 1 everywhere (after
+        ``finish``)."""
+        return self.steps_applied > 0 and self._foreground_cells < 0.5
 
     def combine(self, uncond: torch.Tensor, conds: CondList, cfg_scale: float) -> torch.Tensor:
         """S-CFG combination of this step: ``uncond + sum_j w_j * cfg_scale * rate_j * (cond_j - uncond)``,
@@ -239,11 +279,13 @@ class ScfgRun:
         ``uncond + rate * (cond - uncond)``, computed as ``cond + (rate - 1) * (cond - uncond)`` so that where
         the rate is exactly 1 the cond output is passed bit for bit (plain CFG there, exactly). This lets a
         host's own (or another extension's) combination run unchanged on top. Empty when this step stays plain."""
-        rates = self.rates(uncond, conds, cfg_scale)
-        return {
-            key: conds[key] + (rate - 1).to(uncond.dtype) * (conds[key] - uncond[key.image])
-            for key, rate in rates.items()
-        }
+        return {key: torch.addcmul(conds[key], deviation.to(uncond.dtype), delta)
+                for key, (deviation, delta) in self.deviations(uncond, conds, cfg_scale).items()}
+
+
+def _rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The tensors stacked along a new first axis (a view for one)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
 
 def keyed(conds: CondList) -> dict[Cond, torch.Tensor]:

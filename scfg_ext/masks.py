@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 REFINE_MODES = ("official", "paper", "none")
-_EPS = 1e-8  # the official code's epsilon (spatial normalisation, region means, ratios)
+EPS = 1e-8  # the official code's epsilon (spatial normalisation, region means, ratios)
 
 
 def _gaussian_kernel_1d() -> list[float]:
@@ -167,7 +167,7 @@ def _smoothed_mean_weights(grid: tuple[int, int], device: torch.device) -> torch
 
 @functools.lru_cache(maxsize=16)
 def _eps(device: torch.device) -> torch.Tensor:
-    return torch.tensor(_EPS, dtype=torch.float32, device=device)
+    return torch.tensor(EPS, dtype=torch.float32, device=device)
 
 
 def foreground_pair(maps: torch.Tensor, pair_w: torch.Tensor) -> torch.Tensor:
@@ -183,41 +183,34 @@ def reduce_to_pair(cross: torch.Tensor, pair_w: torch.Tensor) -> torch.Tensor:
 
 
 class MaskAccumulator:
-    """Running per-layer sum of renormalised token maps and foreground pairs for a batch of rows.
+    """Running per-layer sum of renormalised token maps and foreground pairs for a batch of rows, held as one
+    ``(B, T + 2, gh, gw)`` tensor: the T token channels, then [background, rest].
 
     Per layer the official code smooths each map (3x3 Gaussian), divides it by its spatial mean and sums
     over layers. Smoothing is linear and the mean of a smoothed map is a fixed weighted sum of the map, so
     the same result is obtained by dividing each *unsmoothed* map by the mean its smoothed version would
-    have, summing, and smoothing the sum once (``tokens()``/``pair()``): fewer operations per layer, and
-    memory that does not grow with layers or steps.
+    have, summing, and smoothing the sum once (``smoothed()``): fewer operations per layer, and memory that
+    does not grow with layers or steps.
     """
 
     def __init__(self) -> None:
-        self._tokens: torch.Tensor | None = None  # (B, T, gh, gw)
-        self._pair: torch.Tensor | None = None  # (B, 2, gh, gw)
+        self._sum: torch.Tensor | None = None  # (B, T + 2, gh, gw)
         self.layers = 0
 
     @staticmethod
     def _weights(maps: torch.Tensor) -> torch.Tensor:
         return _smoothed_mean_weights(tuple(maps.shape[-2:]), maps.device)
 
-    def _add_pair(self, pair: torch.Tensor, w: torch.Tensor) -> None:
-        # the official code divides by the spatial mean with no epsilon (softmax sums are > 0); the floor
-        # only keeps an all-zero map finite
-        b, _, h, wd = pair.shape
-        mean = torch.matmul(pair.reshape(b, 2, h * wd), w).clamp_min_(torch.finfo(torch.float32).tiny)
-        pair = pair / mean.view(b, 2, 1, 1)
-        self._pair = pair if self._pair is None else self._pair.add_(pair)
-
     def add_tokens(self, maps: torch.Tensor, pair_w: torch.Tensor) -> None:
         """Add one layer's token maps ``(B, T, gh, gw)`` (from ``layer_maps``): regions and foreground."""
         w = self._weights(maps)
         b, t, h, wd = maps.shape
-        smoothed_mean = torch.matmul(maps.reshape(b, t, h * wd), w).add_(_EPS)
-        tok = maps / smoothed_mean.view(b, t, 1, 1)
-        self._tokens = tok if self._tokens is None else self._tokens.add_(tok)
-        self._add_pair(foreground_pair(maps, pair_w), w)
-        self.layers += 1
+        tok = maps / torch.matmul(maps.reshape(b, t, h * wd), w).add_(EPS).view(b, t, 1, 1)
+        # the official code divides the foreground pair by its spatial mean with no epsilon (softmax sums are
+        # > 0); the floor only keeps an all-zero map finite
+        pair = foreground_pair(maps, pair_w)
+        mean = torch.matmul(pair.reshape(b, 2, h * wd), w).clamp_min_(torch.finfo(torch.float32).tiny)
+        self._add(torch.cat([tok, pair / mean.view(b, 2, 1, 1)], 1), 1)
 
     def add_layers(self, maps: torch.Tensor, pair_w: torch.Tensor | None = None) -> None:
         """Add ``L`` layers at once: ``maps`` ``(L, B, T, gh, gw)`` (``layer_maps`` of each layer, stacked) and
@@ -233,35 +226,55 @@ class MaskAccumulator:
             k += 2
         w = self._weights(maps)
         mean = torch.addmv(_eps(flat.device), flat.view(-1, h * wd), w).view(n_layers * b, k, 1)
-        total = (flat / mean).view(n_layers, b * k * h * wd).sum(0).view(b, k, h, wd)
-        if self._tokens is None:
-            self._tokens, self._pair = total[:, : k - 2], total[:, k - 2 :]
-        else:
-            self._tokens.add_(total[:, : k - 2])
-            self._pair.add_(total[:, k - 2 :])
-        self.layers += n_layers
+        self._add((flat / mean).view(n_layers, b * k * h * wd).sum(0).view(b, k, h, wd), n_layers)
+
+    def _add(self, total: torch.Tensor, layers: int) -> None:
+        self._sum = total if self._sum is None else self._sum.add_(total)
+        self.layers += layers
+
+    def smoothed(self) -> torch.Tensor | None:
+        """The smoothed sum over layers, ``(B, T + 2, gh, gw)``: the average up to the factor ``layers``, which
+        neither the regions (an argmax over tokens) nor the foreground (a comparison) depend on."""
+        return None if self._sum is None else gaussian_smooth(self._sum)
 
     def tokens(self) -> torch.Tensor | None:
         """Average over layers of the smoothed, renormalised token maps, ``(B, T, gh, gw)``."""
-        return None if self._tokens is None else gaussian_smooth(self._tokens) / max(self.layers, 1)
+        return None if self._sum is None else self.smoothed()[:, :-2] / max(self.layers, 1)
 
     def pair(self) -> torch.Tensor | None:
         """Average over layers of the smoothed, renormalised [background, rest] maps, ``(B, 2, gh, gw)``."""
-        return None if self._pair is None else gaussian_smooth(self._pair) / max(self.layers, 1)
+        return None if self._sum is None else self.smoothed()[:, -2:] / max(self.layers, 1)
 
 
-def regions_from_tokens(tokens: torch.Tensor, latent_size: Sequence[int]) -> torch.Tensor:
-    """One-hot ``(B, T, H, W)`` float32 partition: each grid cell goes to its highest token (argmax, so a
-    tie can never give a cell two owners), nearest-upsampled to the latent."""
-    owner = tokens.argmax(dim=1)  # (B, gh, gw)
-    onehot = F.one_hot(owner, tokens.shape[1]).permute(0, 3, 1, 2).float()
-    return F.interpolate(onehot, size=tuple(latent_size), mode="nearest")
+@functools.lru_cache(maxsize=32)
+def _token_index(tokens: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(tokens, device=device).view(1, tokens, 1, 1)
 
 
-def foreground_from_pair(pair: torch.Tensor, latent_size: Sequence[int]) -> torch.Tensor:
-    """``(B, 1, H, W)`` in {0, 1}: 1 where the non-background tokens strictly beat the background ones."""
-    fg = (pair[:, 1:2] > pair[:, 0:1]).float()
-    return F.interpolate(fg, size=tuple(latent_size), mode="nearest")
+@functools.lru_cache(maxsize=32)
+def _row_index(rows: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def pick_rows(x: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """``x[rows]``: a view when the rows are a contiguous run, else one ``index_select`` with an index cached on
+    the device (list indexing would copy the index from the host at every call)."""
+    if list(rows) == list(range(rows[0], rows[0] + len(rows))):
+        return x[rows[0] : rows[0] + len(rows)]
+    return x.index_select(0, _row_index(tuple(rows), x.device))
+
+
+def stacked_masks(tokens: torch.Tensor, pair: torch.Tensor, latent_size: Sequence[int]) -> torch.Tensor:
+    """``(B, T + 1, H, W)`` float32 in {0, 1}: the token regions (a one-hot partition: each grid cell goes to its
+    highest token; argmax, so a tie can never give a cell two owners), then the foreground (1 where the
+    non-background tokens strictly beat the background ones), nearest-upsampled from the grid to the latent.
+    ``tokens`` ``(B, T, gh, gw)``, ``pair`` ``(B, 2, gh, gw)`` [background, rest], both up to a positive factor.
+    Four operations whatever the token count: the one-hot is a comparison with the token indices."""
+    b, t, h, w = tokens.shape
+    grid = torch.empty(b, t + 1, h, w, dtype=torch.float32, device=tokens.device)
+    torch.eq(tokens.argmax(dim=1, keepdim=True), _token_index(t, tokens.device), out=grid[:, :t])
+    torch.gt(pair[:, 1:2], pair[:, 0:1], out=grid[:, t:])
+    return F.interpolate(grid, size=tuple(latent_size), mode="nearest")
 
 
 def semantic_masks(
@@ -286,7 +299,40 @@ def semantic_masks(
         for self_attn, cross, hw in layers:
             pair_w = pair_weights(cross.shape[-1], background_tokens, cross.device)
             acc.add_tokens(layer_maps(self_attn, cross, hw, grid, refine), pair_w)
-        return regions_from_tokens(acc.tokens(), latent_size), foreground_from_pair(acc.pair(), latent_size)
+        smoothed = acc.smoothed()
+        stacked = stacked_masks(smoothed[:, :-2], smoothed[:, -2:], latent_size)
+        return stacked[:, :-1], stacked[:, -1:]
+
+
+@functools.lru_cache(maxsize=16)
+def _ones(n: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(1, n, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _no_eps_then_eps(device: torch.device) -> torch.Tensor:
+    return torch.tensor([[[0.0, EPS]]], device=device)
+
+
+def region_sums(delta: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``(B, K, 2)`` float32: for each of the ``K`` 0/1 masks ``(B, K, H, W)`` float32, the sum of the per-pixel
+    channel-L2 norm of ``delta`` ``(B, C, H, W)`` over the mask, and the mask's area plus the epsilon (both in
+    one product). Norms are computed in float32; a 5-D ``(B, C, frames, H, W)`` latent's frames count as
+    channels."""
+    b, k, h, w = masks.shape
+    x = delta.flatten(1, -3)
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):  # the norm's dtype= only widens
+        x = x.float()
+    norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).view(b, h * w)
+    values = torch.stack([norm, _ones(h * w, norm.device).expand(b, -1)], -1)  # (B, H W, 2)
+    return torch.baddbmm(_no_eps_then_eps(norm.device), masks.view(b, k, h * w), values)
+
+
+def ratios_from_sums(sums: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` from ``region_sums`` of [the T regions, the foreground]: foreground mean norm / region mean
+    norm. An empty region's ratio is the foreground mean over the epsilon: harmless, as its mask is 0."""
+    means = sums[..., 0] / sums[..., 1]
+    return means[:, -1:] / (means[:, :-1] + EPS)
 
 
 def region_ratios(
@@ -294,16 +340,45 @@ def region_ratios(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-region ratio ``(B, T)`` = foreground mean norm / region mean norm (0 for empty regions), and the
     foreground area ``(B, 1)``. Norms are per-pixel channel-L2 norms of ``delta``, reduced in float32."""
-    # (B, H, W), fp32 even for fp16 input; a 5-D (B, C, frames, H, W) latent's frames count as channels
-    norm = torch.linalg.vector_norm(delta.float().flatten(1, -3), dim=1)
-    m = regions.float()
-    fg = foreground.float()[:, 0]
-    area = m.sum(dim=(2, 3))  # (B, T)
-    region_norm = torch.einsum("bthw,bhw->bt", m, norm) / (area + _EPS)
-    fg_area = fg.sum(dim=(1, 2))[:, None]  # (B, 1)
-    fg_norm = (fg * norm).sum(dim=(1, 2))[:, None] / (fg_area + _EPS)
-    ratio = fg_norm * (area > 0) / (region_norm + _EPS)  # empty regions get 0; their mask is 0 anyway
-    return ratio, fg_area
+    sums = region_sums(delta, torch.cat([regions, foreground], 1).float())
+    areas = sums[..., 1] - EPS
+    return ratios_from_sums(sums) * (areas[:, :-1] > 0), areas[:, -1:]
+
+
+def rate_deviation(
+    sums: torch.Tensor,
+    masks: torch.Tensor,
+    cfg_scale: float,
+    *,
+    min_rate: float = 0.8,
+    max_rate: float = 3.0,
+    max_scale: float | None = 15.0,
+    token_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``guidance_rate - 1`` ``(B, 1, H, W)`` float32 from the stacked ``masks`` ``(B, T + 1, H, W)`` [regions,
+    foreground] and their ``region_sums``: what a combination needs (``cond + deviation * (cond - uncond)``), in
+    about ten operations whatever the token count."""
+    if min_rate > max_rate:
+        raise ValueError(f"min_rate ({min_rate}) must not exceed max_rate ({max_rate})")
+    b, k, h, w = masks.shape
+    regions = masks[:, :-1].flatten(2)  # (B, T, H W)
+    ratio = ratios_from_sums(sums)
+    if token_weights is not None:
+        weights = token_weights.to(device=ratio.device, dtype=torch.float32).expand_as(ratio)
+        ratio = ratio * weights
+    # clamp(min, max) then clamp(max=cap) is clamp(min, min(max, cap)) (a min above the cap gives the cap)
+    cap = min(max_rate, max_scale / cfg_scale) if max_scale and cfg_scale > 0 else max_rate
+    deviation = torch.bmm(ratio[:, None], regions).view(b, 1, h, w).clamp_(min_rate, cap).sub_(1)
+    if token_weights is not None:
+        plain = torch.bmm((weights == 0).float()[:, None], regions).view(b, 1, h, w) > 0
+        deviation = deviation.masked_fill_(plain, 0)
+    # the deviation from 1 is smoothed, not the rate: the same map (the kernel sums to 1), but a cell whose 3x3
+    # neighbourhood is exactly 1 (weight 0: plain CFG) stays exactly 1, whatever order a CPU sums the taps in;
+    # an empty foreground (its area is the epsilon) gives rate 1 (plain CFG) rather than the official code's 0.8
+    # an overflowing norm (finite values whose norm is not) makes every cell's rate NaN: plain CFG there, as the
+    # clamp has already taken the infinities to the bounds
+    deviation = deviation.nan_to_num_(0.0)
+    return gaussian_smooth(deviation).mul_(sums[:, -1:, 1:].gt(EPS).view(b, 1, 1, 1))
 
 
 def guidance_rate(
@@ -330,20 +405,6 @@ def guidance_rate(
     neither clamped to ``min_rate`` nor capped by ``max_scale``; after the smoothing still exactly 1 wherever
     the 3x3 neighbourhood is all that region.
     """
-    if min_rate > max_rate:
-        raise ValueError(f"min_rate ({min_rate}) must not exceed max_rate ({max_rate})")
-    ratio, fg_area = region_ratios(delta, regions, foreground)
-    if token_weights is not None:
-        w = token_weights.to(device=ratio.device, dtype=torch.float32).expand_as(ratio)
-        ratio = ratio * w
-    rate = torch.einsum("bt,bthw->bhw", ratio, regions.float())[:, None]
-    rate = rate.clamp(min_rate, max_rate)
-    if max_scale and cfg_scale > 0:
-        rate = rate.clamp(max=max_scale / cfg_scale)
-    if token_weights is not None:
-        plain = torch.einsum("bt,bthw->bhw", (w == 0).float(), regions.float())[:, None] > 0
-        rate = torch.where(plain, torch.ones_like(rate), rate)
-    # the deviation from 1 is smoothed, not the rate: the same map (the kernel sums to 1), but a cell whose 3x3
-    # neighbourhood is exactly 1 (weight 0: plain CFG) stays exactly 1, whatever order a CPU sums the taps in
-    rate = gaussian_smooth(rate - 1).add_(1)
-    return torch.where(fg_area[:, :, None, None] > 0, rate, torch.ones_like(rate))
+    masks = torch.cat([regions, foreground], 1).float()
+    return rate_deviation(region_sums(delta, masks), masks, cfg_scale, min_rate=min_rate, max_rate=max_rate,
+                          max_scale=max_scale, token_weights=token_weights).add_(1)

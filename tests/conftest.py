@@ -47,17 +47,17 @@ def one_thread():
 
 @pytest.fixture
 def token_weights_seen(monkeypatch):
-    """The ``token_weights`` of every ``guidance_rate`` call ``ScfgRun`` makes."""
-    import scfg_ext.guidance as guidance
+    """The ``token_weights`` ``ScfgRun`` gives the rate of every cond row it guides, one entry per row."""
+    from scfg_ext import masks
 
     seen = []
-    original = guidance.guidance_rate
+    original = masks.rate_deviation
 
-    def spy(*args, token_weights=None, **kw):
-        seen.append(token_weights)
-        return original(*args, token_weights=token_weights, **kw)
+    def spy(sums, stacked, *args, token_weights=None, **kw):
+        seen.extend([None] * len(stacked) if token_weights is None else token_weights.unbind(0))
+        return original(sums, stacked, *args, token_weights=token_weights, **kw)
 
-    monkeypatch.setattr(guidance, "guidance_rate", spy)
+    monkeypatch.setattr(masks, "rate_deviation", spy)
     return seen
 
 

@@ -121,17 +121,17 @@ def clean_webui(webui, small_unet):
 
 @pytest.fixture
 def rates(monkeypatch):
-    """Every ``ScfgRun.rates`` call (one per denoiser call where S-CFG was active and the uncond rows were
+    """Every ``ScfgRun.deviations`` call (one per denoiser call where S-CFG was active and the uncond rows were
     computed): the run, the latent size and the cond rows S-CFG guided (empty set = that step stayed plain)."""
     calls = []
-    original = ScfgRun.rates
+    original = ScfgRun.deviations
 
     def spy(self, uncond, conds, cfg_scale):
         out = original(self, uncond, conds, cfg_scale)
         calls.append(types.SimpleNamespace(run=self, size=tuple(uncond.shape[-2:]), guided=set(out)))
         return out
 
-    monkeypatch.setattr(ScfgRun, "rates", spy)
+    monkeypatch.setattr(ScfgRun, "deviations", spy)
     return calls
 
 
@@ -631,7 +631,9 @@ def test_unexpected_map_shapes_from_a_deep_shrink_extension(webui, txt2img, mode
 
 def test_a_non_finite_rate_leaves_that_step_plain(webui, txt2img, model, rates, probe, caplog):
     """A cond output whose per-pixel norm overflows float32 (finite values, infinite norm) at the last step:
-    the rate map is not finite, so that step is the WebUI's plain CFG, with one warning, and the image finite."""
+    the rate map is not finite, so that step's rate is 1 everywhere (decided on the device: the guided cond row
+    is the cond row bit for bit) and the step is the WebUI's plain CFG, with one warning at the end of the pass,
+    and the image finite."""
     cfg_denoiser = sys.modules["modules.sd_samplers_cfg_denoiser"].CFGDenoiser
     huge = []
 
@@ -645,7 +647,7 @@ def test_a_non_finite_rate_leaves_that_step_plain(webui, txt2img, model, rates, 
         on, p = run(webui, txt2img, model)
     finally:
         webui.script_callbacks.remove_callbacks_for_function(overflow_last_step)
-    assert [c.guided for c in rates] == [{Cond(0)}] * (STEPS - 1) + [set()]
+    assert [c.guided for c in rates] == [{Cond(0)}] * STEPS
     (x_out,) = huge
     last = probe.calls[-1]
     plain_last = cfg_denoiser.combine_denoised(last.denoiser, x_out, [[(0, 1.0)]], x_out[1:], 7.5)
@@ -659,13 +661,13 @@ def test_no_foreground_on_any_step_is_a_notice_and_plain_cfg(webui, txt2img, mod
     """Every cell owned by the background tokens on every step (a DiT with random weights whose padding takes
     the attention did this in a real Forge Neo): the rate is 1 everywhere, the image is the plain CFG image bit
     for bit, and the user is told, once."""
-    masks = AttentionCapture.masks
+    masks = AttentionCapture.stacked_masks
 
-    def background_only(self, latent_size):
-        return {key: (regions, torch.zeros_like(foreground))
-                for key, (regions, foreground) in masks(self, latent_size).items()}
+    def background_only(self, latent_size):  # the last channel is the foreground
+        return [(keys, torch.cat([stacked[:, :-1], torch.zeros_like(stacked[:, -1:])], 1))
+                for keys, stacked in masks(self, latent_size)]
 
-    monkeypatch.setattr(AttentionCapture, "masks", background_only)
+    monkeypatch.setattr(AttentionCapture, "stacked_masks", background_only)
     on, p = run(webui, txt2img, model)
     plain, _ = reference
     assert [c.guided for c in rates] == [{Cond(0)}] * STEPS
@@ -673,7 +675,7 @@ def test_no_foreground_on_any_step_is_a_notice_and_plain_cfg(webui, txt2img, mod
     (comment,) = scfg_comments(p)
     assert "found no foreground on any step" in comment
     assert p.extra_generation_params[infotext.NOTICE_KEY] == comment
-    monkeypatch.setattr(AttentionCapture, "masks", masks)
+    monkeypatch.setattr(AttentionCapture, "stacked_masks", masks)
     _, p = run(webui, txt2img, model)
     assert not scfg_comments(p)
 

@@ -68,7 +68,7 @@ def seen(monkeypatch):
     """The first guided step's maps, keyed ``Cond(image, sub-prompt)`` (``StepMaps``): what ``ScfgRun.rates``
     computed the rates from, whatever order the backend's calls came in."""
     first = guidance.StepMaps({}, {}, {})
-    original = guidance.ScfgRun.rates
+    original = guidance.ScfgRun.deviations
 
     def rates(self, uncond, conds, cfg_scale):
         self.keep_maps = True
@@ -79,7 +79,7 @@ def seen(monkeypatch):
                 first.foreground.setdefault(key, self.last_maps.foreground[key].cpu())
         return out
 
-    monkeypatch.setattr(guidance.ScfgRun, "rates", rates)
+    monkeypatch.setattr(guidance.ScfgRun, "deviations", rates)
     return first
 
 
@@ -195,13 +195,13 @@ def mix_images(monkeypatch):
 
 
 def transpose_maps(monkeypatch):
-    original = M.regions_from_tokens
-    monkeypatch.setattr(M, "regions_from_tokens", lambda tokens, size: original(tokens.mT, size))
+    original = M.stacked_masks
+    monkeypatch.setattr(M, "stacked_masks", lambda tokens, pair, size: original(tokens.mT, pair, size))
 
 
 def tokens_off_by_one(monkeypatch):
-    original = M.regions_from_tokens
-    monkeypatch.setattr(M, "regions_from_tokens", lambda tokens, size: original(tokens.roll(1, dims=1), size))
+    original = M.stacked_masks
+    monkeypatch.setattr(M, "stacked_masks", lambda tokens, pair, size: original(tokens.roll(1, dims=1), pair, size))
 
 
 @pytest.mark.parametrize("break_capture", [swap_roles, mix_images, transpose_maps, tokens_off_by_one])

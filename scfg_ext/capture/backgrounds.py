@@ -45,10 +45,12 @@ def tile_backgrounds(context: torch.Tensor, background: str = "start") -> torch.
     (``prompt_parser.stack_conds``), and a joint attention without text positions (Chroma's) gives them the key
     of the end token itself, so they share its attention."""
     b, t = context.shape[:2]
-    period = torch.full((b,), t, dtype=torch.long, device=context.device)
-    for p in reversed([p for p in range(1, t) if t % p == 0]):
-        repeats = (context[:, p:] == context[:, :-p]).flatten(1).all(1)
-        period = torch.where(repeats, p, period)
+    shifts, divisors = _shifts(t, context.device)
+    # every divisor p at once: a row repeats with period p when it equals itself shifted by p (cyclically: the same
+    # thing, as p divides T); the period is the smallest such p, else T
+    shifted = context.index_select(1, shifts).view(b, len(divisors), t, -1)
+    repeats = (shifted == context.flatten(2)[:, None]).all(3).all(2)
+    period = torch.where(repeats, divisors, t).amin(1)
     position = torch.arange(t, device=context.device)[None]
     phase = position % period[:, None]
     if background == "start":
@@ -57,6 +59,14 @@ def tile_backgrounds(context: torch.Tensor, background: str = "start") -> torch.
     other = (context != context.gather(1, last[..., None].expand_as(context))).flatten(2).any(2)
     others_after = torch.cat([other.flip(1).cumsum(1).flip(1), other.new_zeros(b, 1, dtype=torch.long)], 1)
     return others_after.gather(1, position.expand(b, t)) == others_after.gather(1, last + 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _shifts(tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The proper divisors ``p`` of ``tokens`` ``(P,)`` and the positions ``(i + p) % tokens`` for each, ``(P T,)``."""
+    divisors = torch.tensor([p for p in range(1, tokens) if tokens % p == 0] or [tokens])
+    shifts = (torch.arange(tokens)[None] + divisors[:, None]) % tokens
+    return shifts.flatten().to(device), divisors.to(device)
 
 
 def _row_backgrounds(keys: torch.Tensor, background: str) -> torch.Tensor:
@@ -68,5 +78,5 @@ def _row_backgrounds(keys: torch.Tensor, background: str) -> torch.Tensor:
     elif background == "end":
         t = null.shape[1]
         end = torch.where(null.any(1), null.int().argmax(1) - 1, t - 1).clamp_min(0)
-        null = null | torch.nn.functional.one_hot(end, t).bool()
+        null = null | (torch.arange(t, device=null.device) == end[:, None])  # one_hot would read end's range
     return torch.stack([null, ~null], 1).float()

@@ -68,14 +68,3 @@ class _CallMaps:
         for _, chunks in self.chunks.values():
             return chunks[0].device.type
         return "cpu"
-
-    def results(self, expected_layers: int, tokens: dict, pairs: dict) -> None:
-        """Add this call's complete rows to ``tokens`` (cond rows) and ``pairs`` (every row)."""
-        if self.acc.layers != expected_layers:
-            return
-        tok, pair = self.acc.tokens(), self.acc.pair()
-        for j, i in enumerate(self.rows):
-            role = self.roles[i]
-            if isinstance(role, Cond):
-                tokens[role] = tok[j : j + 1]
-            pairs[role] = pair[j : j + 1]

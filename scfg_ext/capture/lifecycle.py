@@ -162,8 +162,8 @@ class AttentionCapture(_Stash, _Processing):
         self._call = call if call.rows else None
         if self._call is not None and self._text is not None and self._joint and self.background in (*TILED, "image"):
             # once per call, not per chunk: the context is the same in every block
-            tiled = (tile_backgrounds(context, self.background) if self.background in TILED
-                     else torch.zeros(context.shape[:2], dtype=torch.bool, device=context.device))[call.rows]
+            tiled = M.pick_rows(tile_backgrounds(context, self.background) if self.background in TILED
+                                else torch.zeros(context.shape[:2], dtype=torch.bool, device=context.device), call.rows)
             call.pair_w = torch.stack([tiled, ~tiled], 1).float()
         if self._call is not None:
             self._calls.append(call)
@@ -186,8 +186,15 @@ class AttentionCapture(_Stash, _Processing):
     # -- results ------------------------------------------------------------------------------------------
     def masks(self, latent_size: Sequence[int] | None = None) -> dict[Cond, tuple[torch.Tensor, torch.Tensor]]:
         """``{Cond(i, j): (regions (1, T, H, W), foreground (1, 1, H, W))}`` for every cond row captured in
-        full this step. The foreground comes from the image's uncond row when so configured, else (or when
-        that row is missing this step) from the cond row itself. Empty if the step's maps are unusable."""
+        full this step (views of ``stacked_masks``). Empty if the step's maps are unusable."""
+        return {key: (stacked[j : j + 1, :-1], stacked[j : j + 1, -1:])
+                for keys, stacked in self.stacked_masks(latent_size) for j, key in enumerate(keys)}
+
+    def stacked_masks(self, latent_size: Sequence[int] | None = None) -> list[tuple[list[Cond], torch.Tensor]]:
+        """Per U-Net call, its cond rows captured in full this step and their masks ``(rows, T + 1, H, W)``
+        (``masks.stacked_masks``: the T token regions, then the foreground), in a fixed number of operations. The
+        foreground comes from the image's uncond row when so configured, else (or when that row is missing this
+        step) from the cond row itself. Empty if the step's maps are unusable."""
         if self._call is not None:  # the U-Net's forward hook did not run (a wrapper called forward directly)
             self._on_unet_done(None, None, None)
         size = tuple(latent_size) if latent_size is not None else self._latent
@@ -197,16 +204,23 @@ class AttentionCapture(_Stash, _Processing):
             self._fail(f"the U-Net ran on {h}x{w} tiles of the {size[0]}x{size[1]} latent (a tiling extension "
                        "such as MultiDiffusion): S-CFG needs the whole latent in one call")
         if self.error or self._latent is None:
-            return {}
-        expected = len(self.layers)
-        tokens: dict[Cond, torch.Tensor] = {}
-        pairs: dict[Role, torch.Tensor] = {}
+            return []
+        complete = [call for call in self._calls if call.acc.layers == len(self.layers)]
+        out = []
         with torch.autocast(self._device, enabled=False):
-            for call in self._calls:
-                call.results(expected, tokens, pairs)
-            out: dict[Cond, tuple[torch.Tensor, torch.Tensor]] = {}
-            for role, tok in tokens.items():
-                source = pairs.get(Uncond(role.image)) if self.foreground == "uncond" else None
-                pair = pairs[role] if source is None else source
-                out[role] = (M.regions_from_tokens(tok, size), M.foreground_from_pair(pair, size))
+            smoothed = [call.acc.smoothed() for call in complete]  # (rows, T + 2, gh, gw): tokens, then the pair
+            pairs = {call.roles[i]: (maps, j) for call, maps in zip(complete, smoothed, strict=True)
+                     for j, i in enumerate(call.rows)}
+            for call, maps in zip(complete, smoothed, strict=True):
+                rows = [j for j, i in enumerate(call.rows) if isinstance(call.roles[i], Cond)]
+                if not rows:
+                    continue
+                keys = [call.roles[call.rows[j]] for j in rows]
+                sources = [pairs.get(Uncond(key.image), (maps, j)) if self.foreground == "uncond" else (maps, j)
+                           for key, j in zip(keys, rows, strict=True)]
+                if all(source is maps for source, _ in sources):
+                    pair = M.pick_rows(maps, [j for _, j in sources])[:, -2:]
+                else:
+                    pair = torch.cat([source[j : j + 1, -2:] for source, j in sources])
+                out.append((keys, M.stacked_masks(M.pick_rows(maps, rows)[:, :-2], pair, size)))
         return out

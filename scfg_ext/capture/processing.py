@@ -222,9 +222,10 @@ class _Processing:
         d = c // heads
         big_l, rows = len(stash), call.rows
         r = len(rows)
-        p = 3 * n + t  # positions per layer: q1, k1, q2 (n each), k2 (t)
-        # (B, L * p, c), or (B, H, L * p, d) when the heads come split
-        x = torch.cat([tensor for tensors in stash for tensor in tensors], dim=2 if g.split else 1)
+        p = 3 * n + t  # positions per layer: q1, q2, k1 (n each), k2 (t)
+        # (B, L * p, c), or (B, H, L * p, d) when the heads come split; the queries side by side, so that a DiT's
+        # strided read of them is one copy
+        x = torch.cat([tensor for q1, k1, q2, k2 in stash for tensor in (q1, q2, k1, k2)], dim=2 if g.split else 1)
         stash.clear()
         first = rows[0]
         if rows != list(range(first, first + r)):
@@ -237,16 +238,17 @@ class _Processing:
         del x, y
         g_all = big_l * r * heads
         q1 = z.as_strided((g_all, n, d), (p * d, d, 1), 0)
-        k1t = z.as_strided((g_all, d, n), (p * d, 1, d), n * d)
-        q2t = z.as_strided((g_all, d, n), (p * d, 1, d), 2 * n * d)
+        q2t = z.as_strided((g_all, d, n), (p * d, 1, d), n * d)
+        k1t = z.as_strided((g_all, d, n), (p * d, 1, d), 2 * n * d)
         k2 = z.as_strided((g_all, t, d), (p * d, d, 1), 3 * n * d)
         zero = _zero(z.device)
         nq = n  # query positions the maps are read at
         if g.stride > 1:  # a DiT's token grid read at the segmentation grid: every stride-th query row and column
             (h, w), st = g.hw, g.stride
-            q1 = q1.view(g_all, h, w, d)[:, ::st, ::st].reshape(g_all, -1, d)
-            q2t = q2t.mT.view(g_all, h, w, d)[:, ::st, ::st].reshape(g_all, -1, d).mT
-            nq = q1.shape[1]
+            both = z.as_strided((g_all, 2, h, w, d), (p * d, n * d, w * d, d, 1), 0)[:, :, ::st, ::st]
+            nq = both.shape[2] * both.shape[3]
+            both = both.reshape(g_all, 2 * nq, d)  # q1 and q2 at the read positions, one copy
+            q1, q2t = both[:, :nq], both[:, nq:].mT
 
         # self-attention: s[i, j] = mean over heads of softmax_j(q_i . k_j * scale), queries first so that the
         # softmax runs along contiguous memory (3x faster on a CPU than across rows)
@@ -275,8 +277,8 @@ class _Processing:
             pair_w = call.pair_w.to(z.device)
         elif self.background == "start":
             pair_w = None
-        else:
-            pair_w = _row_backgrounds(z[0, :, 0, 3 * n :], self.background)
+        else:  # once per call: the context, so its null positions, is the same in every block
+            pair_w = call.pair_w = _row_backgrounds(z[0, :, 0, 3 * n :], self.background)
         # cross-attention, transposed: cm[t, i] = mean over heads of softmax_t(q_i . k_t * scale)
         pc = torch.baddbmm(zero, k2, q2t, beta=0, alpha=g.scale2)
         torch.ops.aten._softmax.out(pc, 1, False, out=pc)

@@ -171,9 +171,10 @@ class Session:
             result = run.keeper.result()
             if result:
                 self.kept.append(maps.PassMaps(current.p, current.prompts, result))
+        run.finish()
         log.info("S-CFG pass done: %d attention layers hooked, S-CFG used on %d of %d denoiser calls, "
-                 "%.1f ms computing rates", len(run.capture.layers), run.steps_applied, run.steps_seen,
-                 run.seconds * 1e3)
+                 "%.1f ms of host time issuing the rates", len(run.capture.layers), run.steps_applied,
+                 run.steps_seen, run.seconds * 1e3)
         if run.found_no_foreground():
             notice(current.p, "S-CFG found no foreground on any step (the background tokens owned every cell), "
                               "so its rate was 1 everywhere: this image is plain CFG")
