@@ -1,0 +1,65 @@
+"""Faults injected where S-CFG's work happens during a generation, for tests/test_safety_*.py: the capture's stash
+(a block's q/k handed over: ``AttentionCapture._complete`` runs inside the stash's guard), the processing of the
+stashed layers (``_layer_maps``), the fold of a U-Net call's maps (``_CallMaps.fold``, at the end of the call),
+the step's maps (``AttentionCapture.masks``) and the rate (``guidance_rate`` as ``ScfgRun.rates`` calls it).
+
+Each site is named by the class (or module) and attribute that holds it, found wherever the capture package keeps
+it, so the tests follow a move of the code between modules."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import torch
+
+import scfg_ext.capture
+import scfg_ext.guidance
+
+SITES = {  # site -> (owner's name, attribute)
+    "stash": ("AttentionCapture", "_complete"),
+    "processing": ("AttentionCapture", "_layer_maps"),
+    "fold": ("_CallMaps", "fold"),
+    "masks": ("AttentionCapture", "masks"),
+    "rate": ("scfg_ext.guidance", "guidance_rate"),
+}
+KINDS = {
+    "RuntimeError": lambda: RuntimeError("boom (test)"),
+    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB (test)"),
+    "MemoryError": lambda: MemoryError("no memory left (test)"),
+}
+
+
+def owner(name: str):
+    """The module named ``name``, or the class of that name in ``scfg_ext.capture`` or one of its modules."""
+    if "." in name:
+        return importlib.import_module(name)
+    package = scfg_ext.capture
+    modules = [package] + [importlib.import_module(f"{package.__name__}.{m.name}")
+                           for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
+    for module in modules:
+        found = vars(module).get(name)
+        if isinstance(found, type) and found.__module__ == module.__name__:
+            return found
+    raise LookupError(f"{name} not found in {package.__name__}")
+
+
+def inject(monkeypatch, site: str, error: BaseException) -> list:
+    """Make ``site`` raise ``error`` every time it runs; returns the list of its calls (one entry each)."""
+    holder, attribute = SITES[site]
+    target = owner(holder)
+    calls = []
+
+    def raising(*args, **kwargs):
+        calls.append(1)
+        raise error
+
+    monkeypatch.setattr(target, attribute, raising)
+    return calls
+
+
+def kinds_for(sites, start: int = 0) -> list[tuple[str, str]]:
+    """(site, kind) pairs with every site once and the kinds taken in turn from the ``start``-th (a share of the
+    full product, for the routes that cost more)."""
+    kinds = list(KINDS)
+    return [(site, kinds[(start + i) % len(kinds)]) for i, site in enumerate(sites)]
