@@ -34,7 +34,7 @@ def shown(value: Any) -> str:
     100,000-character string or a deep list from an API request are not repeated whole), ASCII-safe where
     ``repr`` escapes (lone surrogates, control characters)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length()} bits"
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     try:
         text = _SHORT.repr(value)
     except Exception:  # noqa: BLE001 - a value whose repr fails is still named by its type

@@ -297,3 +297,25 @@ def test_word_weights_parser_property(text):
     assert len(entries) <= MAX_ENTRIES and parse_weights(canonical) == entries and field.check(canonical) == canonical
     assert all(":" not in e.phrase and e.phrase.isprintable() and 0 <= e.weight <= 10 for e in entries)
     canonical.encode("utf-8")
+
+
+def test_docs_api_md_states_what_the_code_accepts():
+    """docs/api.md's settings table and word-weight limits are the code's."""
+    from webui_harness import ROOT
+
+    from scfg_ext.weights import MAX_WEIGHT
+
+    doc = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    for i, f in enumerate(FIELDS):
+        row = next(line for line in doc.splitlines() if line.startswith(f"| {i} | `{f.name}` |"))
+        if f.kind is bool:
+            expected = f"| boolean | `{str(f.default).lower()}` | `true`, `false` |"
+        elif f.choices:
+            expected = f'| choice | `"{f.default}"` | ' + ", ".join(f'`"{c}"`' for c in f.choices) + " |"
+        elif f.free_text:
+            expected = f'| text | `"{f.default}"` |'
+        else:
+            expected = f"| number | `{f.default!r}` | {f.minimum:g} – {f.maximum:g} |"
+        assert expected in row, row
+    assert f"at most **{MAX_CHARACTERS} characters** and **{MAX_ENTRIES} entries**" in doc
+    assert f"finite, from 0 to {MAX_WEIGHT:g}" in doc
