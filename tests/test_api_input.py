@@ -315,7 +315,7 @@ def test_docs_api_md_states_what_the_code_accepts():
         elif f.free_text:
             expected = f'| text | `"{f.default}"` |'
         else:
-            expected = f"| number | `{f.default!r}` | {f.minimum:g} – {f.maximum:g} |"
+            expected = f"| number | `{f.default!r}` | {f.minimum:g} – {f.maximum:g} | {f.step:g} |"
         assert expected in row, row
     assert f"at most **{MAX_CHARACTERS} characters** and **{MAX_ENTRIES} entries**" in doc
     assert f"finite, from 0 to {MAX_WEIGHT:g}" in doc
