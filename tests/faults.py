@@ -3,13 +3,13 @@
 stashed layers (``_layer_maps``), the fold of a U-Net call's maps (``_CallMaps.fold``, at the end of the call),
 the step's maps (``AttentionCapture.masks``) and the rate (``guidance_rate`` as ``ScfgRun.rates`` calls it).
 
-Each site is named by the class (or module) and attribute that holds it, found wherever the capture package keeps
-it, so the tests follow a move of the code between modules."""
+Each site is named by the class (or module) and attribute that holds it, as ``scfg_ext.capture`` exports the class:
+patching ``AttentionCapture`` shadows the method wherever the package defines it (its stash and processing
+methods come from mixins in ``capture/stash.py`` and ``capture/processing.py``)."""
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 
 import torch
 
@@ -31,17 +31,10 @@ KINDS = {
 
 
 def owner(name: str):
-    """The module named ``name``, or the class of that name in ``scfg_ext.capture`` or one of its modules."""
+    """The module named ``name``, or the class of that name that ``scfg_ext.capture`` exports."""
     if "." in name:
         return importlib.import_module(name)
-    package = scfg_ext.capture
-    modules = [package] + [importlib.import_module(f"{package.__name__}.{m.name}")
-                           for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
-    for module in modules:
-        found = vars(module).get(name)
-        if isinstance(found, type) and found.__module__ == module.__name__:
-            return found
-    raise LookupError(f"{name} not found in {package.__name__}")
+    return getattr(scfg_ext.capture, name)
 
 
 def inject(monkeypatch, site: str, error: BaseException) -> list:
