@@ -5,6 +5,7 @@ boundary or by the end of the context, numbers after the first words, the chunk 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -69,3 +70,24 @@ def test_value_objects_are_immutable():
                       (Settings(), "max_rate")]:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, name, 2)
+
+
+def test_messages_quote_at_most_60_characters():
+    from scfg_ext.settings import shown
+    from scfg_ext.weights import QUOTED, quote
+
+    assert QUOTED == 60
+    assert quote("x" * 60) == '"' + "x" * 60 + '"' and quote("x" * 61) == '"' + "x" * 59 + '…"'
+    assert shown("x" * 100) == "'" + "x" * 27 + "..." + "x" * 28 + "'"  # 60 characters, both ends kept
+    assert shown([1, 2, 3, 4, 5]) == "[1, 2, 3, 4, ...]" and shown([[[1]]]) == "[[[...]]]"
+    assert shown({k: 0 for k in "abcde"}) == "{'a': 0, 'b': 0, 'c': 0, 'd': 0, ...}"
+    assert shown(10**400) == "an integer of about 401 digits" and shown(2**64) == repr(2**64)
+
+
+@pytest.mark.parametrize("text, says", [("a\ud800: 1", "character 2 is a lone surrogate (U+D800)"),
+                                        ("ab\x00: 1", "character 3 is a control character (U+0000)")])
+def test_refused_characters_are_named(text, says):
+    from scfg_ext.weights import WeightsError
+
+    with pytest.raises(WeightsError, match=re.escape(says)):
+        parse_weights(text)
