@@ -81,7 +81,7 @@ def test_messages_quote_at_most_60_characters():
     assert shown("x" * 100) == "'" + "x" * 27 + "..." + "x" * 28 + "'"  # 60 characters, both ends kept
     assert shown([1, 2, 3, 4, 5]) == "[1, 2, 3, 4, ...]" and shown([[[1]]]) == "[[[...]]]"
     assert shown({k: 0 for k in "abcde"}) == "{'a': 0, 'b': 0, 'c': 0, 'd': 0, ...}"
-    assert shown(10**400) == "an integer of about 401 digits" and shown(2**64) == repr(2**64)
+    assert shown(10**400) == "an integer of about 401 digits" and shown(2**63) == repr(2**63)
 
 
 @pytest.mark.parametrize("text, says", [("a\ud800: 1", "character 2 is a lone surrogate (U+D800)"),
