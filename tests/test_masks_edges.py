@@ -81,3 +81,11 @@ def test_a_region_with_no_guidance_gets_the_highest_rate_and_empty_regions_no_ra
 
 def test_a_disabled_setting_is_active_nowhere():
     assert not Settings(enabled=False).active_at(0.5) and Settings(enabled=True).active_at(0.5)
+
+
+def test_a_zero_cfg_scale_has_no_cap():
+    """``max_scale / cfg_scale`` is not taken at CFG 0 (an API may send it): the rate is still computed."""
+    regions = torch.zeros(1, 2, 4, 4)
+    regions[:, 1] = 1
+    rate = M.guidance_rate(torch.ones(1, 4, 4, 4), regions, torch.ones(1, 1, 4, 4), 0.0, max_scale=15.0)
+    assert torch.equal(rate, torch.ones(1, 1, 4, 4))
