@@ -91,3 +91,7 @@ def test_refused_characters_are_named(text, says):
 
     with pytest.raises(WeightsError, match=re.escape(says)):
         parse_weights(text)
+
+
+def test_equal_min_and_max_rate_is_one_rate():
+    assert Settings(min_rate=2.0, max_rate=2.0).as_dict()["min_rate"] == 2.0
