@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .masks import REFINE_MODES
-from .weights import WeightsError, format_weights, parse_weights
+from .weights import QUOTED, WeightsError, format_weights, parse_weights
 
 FOREGROUND_SOURCES = ("cond", "uncond")
 MAPS_STEPS = ("middle", "first", "last", "average")  # which step's maps "Show S-CFG maps" draws
@@ -22,6 +23,23 @@ MAPS_STEPS = ("middle", "first", "last", "average")  # which step's maps "Show S
 
 class SettingsError(ValueError):
     """A bad S-CFG setting; the message names the field and what it accepts."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = QUOTED, QUOTED, 2, 4, 4
+
+
+def shown(value: Any) -> str:
+    """``value`` for a message: its ``repr``, at most about ``QUOTED`` characters (a 400-digit integer, a
+    100,000-character string or a deep list from an API request are not repeated whole), ASCII-safe where
+    ``repr`` escapes (lone surrogates, control characters)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        text = _SHORT.repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still named by its type
+        return f"a {type(value).__name__}"
+    return text if len(text) <= QUOTED + 10 else text[:QUOTED] + "..."
 
 
 @dataclass(frozen=True)
@@ -53,7 +71,7 @@ class Field:
 
     def check(self, value: Any) -> Any:
         """Return ``value`` in this field's type, or raise ``SettingsError`` naming the field."""
-        bad = SettingsError(f"S-CFG setting '{self.name}' must be {self.describe()}, got {value!r}")
+        bad = SettingsError(f"S-CFG setting '{self.name}' must be {self.describe()}, got {shown(value)}")
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise bad
@@ -69,13 +87,13 @@ class Field:
             if not isinstance(value, str) or value not in self.choices:
                 raise bad
             return value
-        # numbers: int or float, never bool (a JSON true is not a rate), finite and in range
+        # numbers: int or float, never bool (a JSON true is not a rate), finite and in range; the range is checked
+        # before float(), which overflows on a huge integer (Python compares int and float exactly)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        value = float(value)
-        if not math.isfinite(value) or not self.minimum <= value <= self.maximum:
+        if isinstance(value, float) and not math.isfinite(value) or not self.minimum <= value <= self.maximum:
             raise bad
-        return value
+        return float(value)
 
     def from_text(self, text: str) -> Any:
         """Parse an infotext / X/Y/Z string value."""
@@ -86,20 +104,20 @@ class Field:
                 return True
             if low in ("false", "0", "no", "off"):
                 return False
-            raise SettingsError(f"S-CFG setting '{self.name}' must be {self.describe()}, got {text!r}")
+            raise SettingsError(f"S-CFG setting '{self.name}' must be {self.describe()}, got {shown(text)}")
         if self.kind is str:
             return self.check(text)
         try:
             number = float(text)
         except ValueError:
-            raise SettingsError(f"S-CFG setting '{self.name}' must be {self.describe()}, got {text!r}") from None
+            raise SettingsError(f"S-CFG setting '{self.name}' must be {self.describe()}, got {shown(text)}") from None
         return self.check(number)
 
     def to_text(self, value: Any) -> str:
         """Infotext form. Free text may hold commas and colons: the WebUI quotes such values in the infotext
         (``infotext_utils.quote``) and unquotes them on paste; every other value has none."""
-        if self.kind is float:
-            return f"{value:g}"
+        if self.kind is float:  # the shortest text that reads back to the same float ("3", "0.8", "1.015625")
+            return repr(float(value)).removesuffix(".0")
         return str(value)
 
 
@@ -177,7 +195,7 @@ class _Settings:
         unknown = [k for k in values if k not in FIELD_BY_NAME]
         if unknown:
             raise SettingsError(
-                f"unknown S-CFG setting {unknown[0]!r}; known settings: {', '.join(FIELD_BY_NAME)}"
+                f"unknown S-CFG setting {shown(unknown[0])}; known settings: {', '.join(FIELD_BY_NAME)}"
             )
         return cls(**dict(values))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -25,13 +26,18 @@ SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
 END_OF_WORD = "</w>"
 MAX_WEIGHT = 10.0
+# limits that keep the infotext (and a 422's message) small; a prompt has far fewer words worth weighting
+MAX_CHARACTERS = 2000
+MAX_ENTRIES = 64
+QUOTED = 60  # at most this many characters of the user's text are repeated in a message
 _PREFIX = "S-CFG word weights: "
+_SEPARATORS = "\t\n\r"  # the control characters word weights may hold (entries are cut at new lines)
 
 # CLIP's pre-tokenisation (open_clip / transformers CLIPTokenizer), with Python's re instead of the regex
 # module: letters, single digits, runs of other symbols, and the English contractions. Each of these becomes
 # one word of BPE pieces, so a phrase split this way compares with the words reassembled from the tokens.
 _WORD_RE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.IGNORECASE)
-_NUMBER_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_NUMBER_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", re.ASCII)  # 0-9 only: "１" is no weight
 _EMPHASIS_WEIGHT_RE = re.compile(r":\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*(?=[)\]])")
 
 
@@ -72,33 +78,62 @@ def _canonical_phrase(text: str) -> str:
     return " ".join(text.split())
 
 
+def quote(text: str, limit: int = QUOTED) -> str:
+    """``text`` in double quotes, cut to ``limit`` characters (with an ellipsis)."""
+    return f'"{text}"' if len(text) <= limit else f'"{text[:limit - 1]}…"'
+
+
+def _check_characters(text: str) -> None:
+    """Refuse what the infotext and a JSON response cannot carry: control characters (but tab and the line
+    breaks, which separate entries) and lone surrogates (not encodable as UTF-8)."""
+    for i, char in enumerate(text):
+        category = unicodedata.category(char)
+        if (category == "Cc" and char not in _SEPARATORS) or category == "Cs":
+            kind = "a lone surrogate" if category == "Cs" else "a control character"
+            raise WeightsError(f"{_PREFIX}character {i + 1} is {kind} (U+{ord(char):04X}); "
+                               "word weights are plain text")
+
+
 def _parse_entry(raw: str) -> WeightEntry:
     phrase, colon, number = raw.rpartition(":")
-    if not colon or not _NUMBER_RE.fullmatch(number.strip()):
-        raise WeightsError(f'{_PREFIX}"{raw}" is not "word: number"')
+    number = number.strip()
+    if not colon or not _NUMBER_RE.fullmatch(number):
+        if colon and re.fullmatch(r"[-+]?[\d.]+", number) and not number.isascii():
+            raise WeightsError(f"{_PREFIX}{quote(raw)}: write the weight with the digits 0-9")
+        raise WeightsError(f'{_PREFIX}{quote(raw)} is not "word: number"')
     canonical = _canonical_phrase(phrase)
+    if ":" in canonical:  # "a::1", "a:b: 1": one colon per entry, before the weight
+        raise WeightsError(f'{_PREFIX}{quote(raw)} has more than one colon; write "word: number"')
     if not phrase_words(canonical):
-        raise WeightsError(f'{_PREFIX}"{raw}" has no word before the colon')
+        raise WeightsError(f"{_PREFIX}{quote(raw)} has no word before the colon")
     weight = float(number)
     if not math.isfinite(weight) or not 0.0 <= weight <= MAX_WEIGHT:
-        raise WeightsError(f'{_PREFIX}"{raw}": the weight must be between 0 and {MAX_WEIGHT:g} '
+        raise WeightsError(f"{_PREFIX}{quote(raw)}: the weight must be between 0 and {MAX_WEIGHT:g} "
                            "(1 = unchanged, 0 = plain CFG there)")
     return WeightEntry(canonical, weight + 0.0)  # + 0.0 turns -0.0 into 0.0
 
 
 def parse_weights(text: str) -> tuple[WeightEntry, ...]:
     """Entries of ``phrase: number`` separated by commas (or new lines); empty text = no entries, empty
-    entries (a trailing comma) are ignored. Raises ``WeightsError`` naming the first malformed entry (no
-    colon, no word, a number that is not a finite 0..10, a phrase given twice, ignoring case)."""
+    entries (a trailing comma) are ignored. Raises ``WeightsError`` naming the first problem: text longer than
+    ``MAX_CHARACTERS`` or with more than ``MAX_ENTRIES`` entries, a control character (tab and line breaks
+    aside) or lone surrogate, an entry with no colon or more than one (emphasis ``(word:1.2)`` aside), no
+    word, a number that is not a finite 0..10 written with the digits 0-9, a phrase given twice (ignoring
+    case)."""
+    text = text or ""
+    if len(text) > MAX_CHARACTERS:
+        raise WeightsError(f"{_PREFIX}{len(text)} characters, at most {MAX_CHARACTERS} are allowed")
+    _check_characters(text)
+    raws = [raw.strip() for raw in re.split(r"[,\n]", text)]
+    raws = [raw for raw in raws if raw]
+    if len(raws) > MAX_ENTRIES:
+        raise WeightsError(f"{_PREFIX}{len(raws)} entries, at most {MAX_ENTRIES} are allowed")
     entries: list[WeightEntry] = []
     seen: dict[tuple[str, ...], str] = {}
-    for raw in re.split(r"[,\n]", text or ""):
-        raw = raw.strip()
-        if not raw:
-            continue
+    for raw in raws:
         entry = _parse_entry(raw)
         if entry.words in seen:
-            raise WeightsError(f'{_PREFIX}"{raw}" repeats "{seen[entry.words]}"; give each word once')
+            raise WeightsError(f"{_PREFIX}{quote(raw)} repeats {quote(seen[entry.words])}; give each word once")
         seen[entry.words] = raw
         entries.append(entry)
     return tuple(entries)
