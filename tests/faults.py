@@ -1,7 +1,8 @@
 """Faults injected where S-CFG's work happens during a generation, for tests/test_safety_*.py: the capture's stash
 (a block's q/k handed over: ``AttentionCapture._complete`` runs inside the stash's guard), the processing of the
 stashed layers (``_layer_maps``), the fold of a U-Net call's maps (``_CallMaps.fold``, at the end of the call),
-the step's maps (``AttentionCapture.masks``) and the rate (``guidance_rate`` as ``ScfgRun.rates`` calls it).
+the step's maps (``AttentionCapture.stacked_masks``) and the rate (``masks.rate_deviation`` as
+``ScfgRun.deviations`` calls it).
 
 Each site is named by the class (or module) and attribute that holds it, as ``scfg_ext.capture`` exports the class:
 patching ``AttentionCapture`` shadows the method wherever the package defines it (its stash and processing
@@ -14,14 +15,13 @@ import importlib
 import torch
 
 import scfg_ext.capture
-import scfg_ext.guidance
 
 SITES = {  # site -> (owner's name, attribute)
     "stash": ("AttentionCapture", "_complete"),
     "processing": ("AttentionCapture", "_layer_maps"),
     "fold": ("_CallMaps", "fold"),
-    "masks": ("AttentionCapture", "masks"),
-    "rate": ("scfg_ext.guidance", "guidance_rate"),
+    "masks": ("AttentionCapture", "stacked_masks"),
+    "rate": ("scfg_ext.masks", "rate_deviation"),
 }
 KINDS = {
     "RuntimeError": lambda: RuntimeError("boom (test)"),

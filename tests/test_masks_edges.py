@@ -43,8 +43,13 @@ def test_tokens_and_pair_are_averages_over_layers():
 
 def test_a_tie_with_the_background_is_background():
     pair = torch.tensor([[[[1.0, 2.0]], [[1.0, 1.0]]]])  # (1, 2, 1, 2): background, rest
-    assert M.foreground_from_pair(pair, (1, 2)).flatten().tolist() == [0.0, 0.0]
-    assert M.foreground_from_pair(pair.flip(1), (1, 2)).flatten().tolist() == [0.0, 1.0]
+    tokens = torch.ones(1, 3, 1, 2)
+
+    def foreground(pair):  # the last channel of the stacked masks
+        return M.stacked_masks(tokens, pair, (1, 2))[:, -1].flatten().tolist()
+
+    assert foreground(pair) == [0.0, 0.0]
+    assert foreground(pair.flip(1)) == [0.0, 1.0]
 
 
 def test_half_precision_maps_are_refined_in_float32():

@@ -117,9 +117,9 @@ def test_guidance_follows_the_rate_in_direction(webui, txt2img, model, monkeypat
     """A rate of 2 everywhere makes S-CFG's step ``uncond + 2 s (cond - uncond)``: the WebUI's plain CFG at twice
     the scale. Guided away from the prompt (cond and uncond swapped in ``cond + (rate - 1)(cond - uncond)``) it is
     not."""
-    import scfg_ext.guidance as guidance
+    import scfg_ext.masks as masks
 
-    monkeypatch.setattr(guidance, "guidance_rate", lambda delta, *args, **kw: torch.full_like(delta[:, :1], 2.0))
+    monkeypatch.setattr(masks, "rate_deviation", lambda sums, stacked, *a, **kw: torch.ones_like(stacked[:, :1]))
     on, p = generate(webui, txt2img, model, cfg_scale=5.0)
     doubled, _ = generate(webui, None, model, cfg_scale=10.0)
     single, _ = generate(webui, None, model, cfg_scale=5.0)

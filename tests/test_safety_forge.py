@@ -122,10 +122,10 @@ def test_a_keyboard_interrupt_leaves_the_generation(webui, txt2img, route, monke
 
 def test_guidance_follows_the_rate_in_direction(webui, txt2img, unet_route, monkeypatch):
     """A rate of 2 everywhere: Forge's plain CFG at twice the scale (see test_safety_a1111.py)."""
-    import scfg_ext.guidance as guidance
+    import scfg_ext.masks as masks
 
     _, model, _ = unet_route
-    monkeypatch.setattr(guidance, "guidance_rate", lambda delta, *args, **kw: torch.full_like(delta[:, :1], 2.0))
+    monkeypatch.setattr(masks, "rate_deviation", lambda sums, stacked, *a, **kw: torch.ones_like(stacked[:, :1]))
     on, p = generate(webui, txt2img, model, cfg_scale=5.0)
     doubled, _ = generate(webui, None, model, cfg_scale=10.0)
     single, _ = generate(webui, None, model, cfg_scale=5.0)
