@@ -65,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.15, help="probability of training on the empty prompt")
     p.add_argument("--grounding", type=float, default=0.0,
                    help="weight of the attention grounding losses (``Grounding``; 0: none)")
+    p.add_argument("--word-share", type=float, default=0.0,
+                   help="with --grounding: the share of an object cell's cross-attention each of its words should "
+                        "have at least (Grounding's share loss; 0: none)")
+    p.add_argument("--min-snr", type=float, default=0.0,
+                   help="min-SNR-gamma loss weighting (Hang et al. 2023): each sample's eps loss times "
+                        "min(SNR, gamma) / SNR, against the drift at high noise (0: plain eps MSE, SD's objective)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=int, default=None, help="override the U-Net's model_channels")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
@@ -103,13 +109,18 @@ class Grounding:
     * pixel: at every cell, ``1 -`` the share of its attention that goes to the words naming it, or to the start
       token where the caption does not name the ground (SD's background sink: what makes S-CFG's foreground,
       the cells not dominated by the start token, the named regions);
-    * self: for each cell, ``1 -`` its self-attention mass on the cells of its own segment (object or ground).
+    * self: for each cell, ``1 -`` its self-attention mass on the cells of its own segment (object or ground);
+    * share (with ``word_share`` > 0): inside its mask, each named word's own share of every cell's attention
+      short of ``word_share``, as a fraction of it. The pixel loss is met by the colour word alone (the
+      committed U-Net gives the shape word 0.2-4 % of an object's attention and ignores shapes); this one asks
+      the colour and the shape word each for their part.
 
     Each weighted by the signal fraction ``alphas_cumprod[t]`` of the sample (at pure noise the layout is not
     yet decided: there is nothing to ground) and summed."""
 
-    def __init__(self, net: torch.nn.Module, start_token: bool = True):
+    def __init__(self, net: torch.nn.Module, start_token: bool = True, word_share: float = 0.0):
         self.start_token = start_token
+        self.word_share = word_share
         self.text_length = MM.CONTEXT  # a joint layer's caption part: the context length of the current batch
         self.seen: dict = {}  # layer key -> {"q": (B, S, C), "k": (B, T, C), "heads": h}
         if not hasattr(net, "input_blocks"):  # the DiTs: q and k as their attention function gets them
@@ -182,7 +193,7 @@ class Grounding:
 
     def loss(self, words, named, segments, signal, captioned) -> dict[str, torch.Tensor]:
         """``signal (B,)``: ``alphas_cumprod[t]``; ``captioned (B,)`` bool: the caption was not dropped."""
-        out = {"token": [], "pixel": [], "self": []}
+        out = {"token": [], "pixel": [], "self": [], "share": []}
         w_token = named.float() * (captioned.float() * signal)[:, None]  # (B, T)
         grids: dict[int, torch.Tensor] = {}  # per grid side: the layers of one level share it
         for key in self.layers["attn2"]:
@@ -194,6 +205,10 @@ class Grounding:
             inside = torch.einsum("bst,bts->bt", probs, grid)
             frac = inside / probs.sum(1).clamp_min(1e-8)
             out["token"].append(((1 - frac) * w_token).sum() / w_token.sum().clamp_min(1e-8))
+            if self.word_share > 0:
+                short = (1 - probs.transpose(1, 2) / self.word_share).clamp(min=0)  # (B, T, S)
+                per_word = (short * grid).sum(2) / grid.sum(2).clamp_min(1e-8)
+                out["share"].append((per_word * w_token).sum() / w_token.sum().clamp_min(1e-8))
             # the named share of each cell, over the cells' named area (a cell counts once, whatever its words)
             area = grid.amax(1)  # (B, S)
             share = inside.sum(1) / area.sum(1).clamp_min(1e-8)
@@ -256,7 +271,7 @@ def sample_check(text_encoder, net, tokenizer, n: int, seed: int = 12345, png: s
 
 # the arguments a resumed piece must share with the run it continues (the rest: threads, logging, when to stop)
 RUN_ARGS = ("arch", "steps", "batch", "lr", "min_lr", "warmup", "weight_decay", "ema", "dropout", "grounding",
-            "seed", "channels", "bf16")
+            "word_share", "min_snr", "seed", "channels", "bf16")
 
 
 def save_state(path: Path, step: int, minutes: float, modules: dict, opt, g: torch.Generator, args, config) -> None:
@@ -348,7 +363,7 @@ def main(argv=None) -> None:
     last_save = start
     t_log, loss_sum, loss_n = start, 0.0, 0
     sha = None
-    grounding = Grounding(net, tokenizer.start) if args.grounding > 0 else None
+    grounding = Grounding(net, tokenizer.start, args.word_share) if args.grounding > 0 else None
     ground_sum: dict[str, float] = {}
     while step < stop and time.perf_counter() - start < args.minutes * 60:
         images, captions, scenes = W.batch(args.seed, step * args.batch, args.batch)
@@ -368,7 +383,12 @@ def main(argv=None) -> None:
         with autocast():
             context = text_encoder(ids)
             eps = net(xt, t, context=context)
-        loss = diffusion = torch.nn.functional.mse_loss(eps.float(), noise)
+        if args.min_snr > 0:
+            snr = (a / (1 - a)).view(-1)
+            per_sample = (eps.float() - noise).pow(2).mean((1, 2, 3))
+            loss = diffusion = (per_sample * snr.clamp(max=args.min_snr) / snr).mean()
+        else:
+            loss = diffusion = torch.nn.functional.mse_loss(eps.float(), noise)
         if grounding is not None:
             parts = grounding.loss(*grounding.targets(scenes, ids.shape[1]), a.view(-1), ~drop)
             for k, v in parts.items():

@@ -1,4 +1,5 @@
-"""bench/train_miniature.py continued from its saved state ends where the uninterrupted run ends, bit for bit."""
+"""bench/train_miniature.py: a run continued from its saved state ends where the uninterrupted run ends, bit for
+bit; the grounding's word-share loss on attention of known values."""
 
 import importlib.util
 from pathlib import Path
@@ -52,3 +53,21 @@ def test_resume_refuses_other_arguments(train, tmp_path):
     changed = [*RUN[:3], "8", *RUN[4:]]  # --steps 8: another LR schedule
     with pytest.raises(SystemExit, match="--steps"):
         train.main([*changed, "--out", str(tmp_path / "a.safetensors"), "--resume", str(tmp_path / "a.pt")])
+
+
+def test_word_share_loss_asks_each_named_word_for_its_share(train):
+    """Uniform cross-attention (zero queries): every token has 1/77 of every cell. A target share of 1/77 is
+    met (loss 0); 2/77 is half met at every named word's cells (loss 0.5)."""
+    from scfg_ext.miniature import world as W
+
+    scenes = [W.make_scene(W.scene_seed(5, i)) for i in range(2)]
+    losses = {}
+    for target in (1 / 77, 2 / 77):
+        grounding = train.Grounding.__new__(train.Grounding)
+        grounding.start_token, grounding.word_share = True, target
+        grounding.layers = {"attn2": ["cross"], "attn1": []}
+        grounding.seen = {"cross": {"q": torch.zeros(2, 64, 8), "k": torch.randn(2, 77, 8), "heads": 2}}
+        parts = grounding.loss(*grounding.targets(scenes, 77), torch.ones(2), torch.ones(2, dtype=torch.bool))
+        losses[target] = float(parts["share"])
+    assert losses[1 / 77] == pytest.approx(0, abs=1e-6)
+    assert losses[2 / 77] == pytest.approx(0.5, abs=1e-6)
