@@ -17,6 +17,14 @@ timesteps come from a seeded generator. Stops at ``--steps`` or after ``--minute
 schedule follows ``--steps``), saving every ``--save-every`` minutes and at the end; prints the sha256 of the file;
 ``--register`` writes it into ``scfg_ext/miniature/model.py`` (``WEIGHTS_SHA256``) when ``--out`` is the default
 weights path.
+
+A long run goes in pieces: ``--state FILE`` keeps the whole training state there (network, text encoder, their
+EMA, the optimiser, the step, the random generators; about 16 bytes per parameter, not for git) at every
+checkpoint and at the end, and ``--resume FILE`` continues it exactly where it stopped, with the same arguments
+(the LR schedule, scene stream and noise continue as if never stopped: ``tests/test_train_resume.py``)::
+
+    .venv/bin/python bench/train_miniature.py --steps 40000 --minutes 150 --state /work/state/unet.pt ...
+    .venv/bin/python bench/train_miniature.py --steps 40000 --minutes 150 --resume /work/state/unet.pt ...
 """
 
 from __future__ import annotations
@@ -57,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.15, help="probability of training on the empty prompt")
     p.add_argument("--grounding", type=float, default=0.0,
                    help="weight of the attention grounding losses (``Grounding``; 0: none)")
+    p.add_argument("--word-share", type=float, default=0.0,
+                   help="with --grounding: the share of an object cell's cross-attention each of its words should "
+                        "have at least (Grounding's share loss; 0: none)")
+    p.add_argument("--min-snr", type=float, default=0.0,
+                   help="min-SNR-gamma loss weighting (Hang et al. 2023): each sample's eps loss times "
+                        "min(SNR, gamma) / SNR, against the drift at high noise (0: plain eps MSE, SD's objective)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=int, default=None, help="override the U-Net's model_channels")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
@@ -68,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None,
                    help="start from the weights of a miniature safetensors file (same architecture) instead of a "
                         "fresh initialisation: continues a run, with a new optimizer and LR schedule")
+    p.add_argument("--state", default=None,
+                   help="keep the whole training state in this file (at each checkpoint and at the end) for --resume")
+    p.add_argument("--resume", default=None,
+                   help="continue the run whose state is in this file (the same arguments; --state defaults to it)")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="stop after this step (the schedule still follows --steps; a piece of a longer run)")
     p.add_argument("--register", action="store_true",
                    help="write the final sha256 into scfg_ext/miniature/model.py (only with the default --out)")
     p.add_argument("--sample-check", type=int, default=0, metavar="N",
@@ -89,13 +109,18 @@ class Grounding:
     * pixel: at every cell, ``1 -`` the share of its attention that goes to the words naming it, or to the start
       token where the caption does not name the ground (SD's background sink: what makes S-CFG's foreground,
       the cells not dominated by the start token, the named regions);
-    * self: for each cell, ``1 -`` its self-attention mass on the cells of its own segment (object or ground).
+    * self: for each cell, ``1 -`` its self-attention mass on the cells of its own segment (object or ground);
+    * share (with ``word_share`` > 0): inside its mask, each named word's own share of every cell's attention
+      short of ``word_share``, as a fraction of it. The pixel loss is met by the colour word alone (the
+      committed U-Net gives the shape word 0.2-4 % of an object's attention and ignores shapes); this one asks
+      the colour and the shape word each for their part.
 
     Each weighted by the signal fraction ``alphas_cumprod[t]`` of the sample (at pure noise the layout is not
     yet decided: there is nothing to ground) and summed."""
 
-    def __init__(self, net: torch.nn.Module, start_token: bool = True):
+    def __init__(self, net: torch.nn.Module, start_token: bool = True, word_share: float = 0.0):
         self.start_token = start_token
+        self.word_share = word_share
         self.text_length = MM.CONTEXT  # a joint layer's caption part: the context length of the current batch
         self.seen: dict = {}  # layer key -> {"q": (B, S, C), "k": (B, T, C), "heads": h}
         if not hasattr(net, "input_blocks"):  # the DiTs: q and k as their attention function gets them
@@ -168,7 +193,7 @@ class Grounding:
 
     def loss(self, words, named, segments, signal, captioned) -> dict[str, torch.Tensor]:
         """``signal (B,)``: ``alphas_cumprod[t]``; ``captioned (B,)`` bool: the caption was not dropped."""
-        out = {"token": [], "pixel": [], "self": []}
+        out = {"token": [], "pixel": [], "self": [], "share": []}
         w_token = named.float() * (captioned.float() * signal)[:, None]  # (B, T)
         grids: dict[int, torch.Tensor] = {}  # per grid side: the layers of one level share it
         for key in self.layers["attn2"]:
@@ -180,6 +205,10 @@ class Grounding:
             inside = torch.einsum("bst,bts->bt", probs, grid)
             frac = inside / probs.sum(1).clamp_min(1e-8)
             out["token"].append(((1 - frac) * w_token).sum() / w_token.sum().clamp_min(1e-8))
+            if self.word_share > 0:
+                short = (1 - probs.transpose(1, 2) / self.word_share).clamp(min=0)  # (B, T, S)
+                per_word = (short * grid).sum(2) / grid.sum(2).clamp_min(1e-8)
+                out["share"].append((per_word * w_token).sum() / w_token.sum().clamp_min(1e-8))
             # the named share of each cell, over the cells' named area (a cell counts once, whatever its words)
             area = grid.amax(1)  # (B, S)
             share = inside.sum(1) / area.sum(1).clamp_min(1e-8)
@@ -240,8 +269,43 @@ def sample_check(text_encoder, net, tokenizer, n: int, seed: int = 12345, png: s
     return good / n
 
 
+# the arguments a resumed piece must share with the run it continues (the rest: threads, logging, when to stop)
+RUN_ARGS = ("arch", "steps", "batch", "lr", "min_lr", "warmup", "weight_decay", "ema", "dropout", "grounding",
+            "word_share", "min_snr", "seed", "channels", "bf16")
+
+
+def save_state(path: Path, step: int, minutes: float, modules: dict, opt, g: torch.Generator, args, config) -> None:
+    """The whole training state, written atomically (a temporary file renamed)."""
+    state = {"step": step, "minutes": minutes, "config": config, "args": {k: getattr(args, k) for k in RUN_ARGS},
+             "modules": {k: m.state_dict() for k, m in modules.items()}, "optimizer": opt.state_dict(),
+             "generator": g.get_state(), "torch_rng": torch.get_rng_state()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_state(path: Path, modules: dict, opt, g: torch.Generator, args, config) -> tuple[int, float]:
+    """Restore what ``save_state`` wrote into the run's objects; returns ``(step, minutes so far)``."""
+    state = torch.load(path, weights_only=False)  # our own file: tensors, dicts and the generator states
+    if state["config"] != config:
+        raise SystemExit(f"--resume {path}: its model config differs from this run's")
+    changed = [k for k in RUN_ARGS if state["args"][k] != getattr(args, k)]
+    if changed:
+        raise SystemExit(f"--resume {path}: run with the arguments it was started with; differs in "
+                         + ", ".join(f"--{k.replace('_', '-')} ({state['args'][k]} there, {getattr(args, k)} here)"
+                                     for k in changed))
+    for k, m in modules.items():
+        m.load_state_dict(state["modules"][k])
+    opt.load_state_dict(state["optimizer"])
+    g.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"], state["minutes"]
+
+
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
+    if args.resume and args.init:
+        raise SystemExit("--resume continues a run with its own weights; --init starts a new one: not both")
     from scfg_ext.miniature.evaluate import EVAL_STREAM
 
     if args.seed == EVAL_STREAM:
@@ -287,15 +351,21 @@ def main(argv=None) -> None:
     autocast = (lambda: torch.autocast("cpu", torch.bfloat16)) if args.bf16 else contextlib.nullcontext
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    modules = {"text": text_encoder, "net": net, "ema_text": ema_text, "ema_net": ema_net}
+    state_path = Path(args.state or args.resume) if (args.state or args.resume) else None
+    step, minutes_before = 0, 0.0
+    if args.resume:
+        step, minutes_before = load_state(Path(args.resume), modules, opt, g, args, config)
+        print(f"resumed {args.resume} at step {step} ({minutes_before:.1f} min of training before)", flush=True)
+    stop = min(args.steps, args.stop_at) if args.stop_at is not None else args.steps
     training = {"args": vars(args), "parameters": n_text + n_net}
     start = time.perf_counter()
     last_save = start
     t_log, loss_sum, loss_n = start, 0.0, 0
-    step = 0
     sha = None
-    grounding = Grounding(net, tokenizer.start) if args.grounding > 0 else None
+    grounding = Grounding(net, tokenizer.start, args.word_share) if args.grounding > 0 else None
     ground_sum: dict[str, float] = {}
-    while step < args.steps and time.perf_counter() - start < args.minutes * 60:
+    while step < stop and time.perf_counter() - start < args.minutes * 60:
         images, captions, scenes = W.batch(args.seed, step * args.batch, args.batch)
         ids = tokenizer.encode(["", *captions])  # one call: a trimming tokenizer cuts them to one length
         empty, ids = ids[0], ids[1:]
@@ -313,7 +383,12 @@ def main(argv=None) -> None:
         with autocast():
             context = text_encoder(ids)
             eps = net(xt, t, context=context)
-        loss = diffusion = torch.nn.functional.mse_loss(eps.float(), noise)
+        if args.min_snr > 0:
+            snr = (a / (1 - a)).view(-1)
+            per_sample = (eps.float() - noise).pow(2).mean((1, 2, 3))
+            loss = diffusion = (per_sample * snr.clamp(max=args.min_snr) / snr).mean()
+        else:
+            loss = diffusion = torch.nn.functional.mse_loss(eps.float(), noise)
         if grounding is not None:
             parts = grounding.loss(*grounding.targets(scenes, ids.shape[1]), a.view(-1), ~drop)
             for k, v in parts.items():
@@ -339,13 +414,19 @@ def main(argv=None) -> None:
                   f"eta {left / 60:.1f} min", flush=True)
             t_log, loss_sum, loss_n, ground_sum = now, 0.0, 0, {}
         if now - last_save > args.save_every * 60:
-            training.update(steps=step, minutes=(now - start) / 60, final=False)
+            minutes = minutes_before + (now - start) / 60
+            training.update(steps=step, minutes=minutes, final=False)
             sha = MM.save(out, ema_text, ema_net, config, training)
+            if state_path is not None:
+                save_state(state_path, step, minutes, modules, opt, g, args, config)
             print(f"checkpoint at step {step}: {out} sha256 {sha}", flush=True)
             last_save = now
-    minutes = (time.perf_counter() - start) / 60
-    training.update(steps=step, minutes=minutes, final=True)
+    minutes = minutes_before + (time.perf_counter() - start) / 60
+    training.update(steps=step, minutes=minutes, final=step >= args.steps)
     sha = MM.save(out, ema_text, ema_net, config, training)
+    if state_path is not None:
+        save_state(state_path, step, minutes, modules, opt, g, args, config)
+        print(f"training state at step {step}: {state_path}", flush=True)
     print(f"done: {step} steps in {minutes:.1f} min; wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)", flush=True)
     print(f"sha256 {sha}", flush=True)
     if args.register:

@@ -6,13 +6,20 @@ one with S-CFG from the same noise (real k-diffusion Euler), then writes one PNG
 prompt describes (ground truth), both results with the world's checker's verdict, S-CFG's token regions at the
 middle step over its result, that result's exact colour masks with each object's IoU, and the rate map.
 
+The rows are the first ``len(SCENES)`` scenes of the evaluation stream (``bench/quality.py``'s), in order, none
+picked. The printed summary ends with the verdict of ``bench/quality.py`` (table V) for the loaded weights, read
+from ``miniature/verdict.json`` (not recomputed: that takes CPU minutes): the checker's accuracy under plain CFG
+and S-CFG on N held-out scenes with the paired interval of the difference.
+
 What it shows: where S-CFG puts each word and how it scales the guidance there, on a model whose attention was
-learned. What it does not show: anything about Stable Diffusion's image quality (see ``scfg_ext/miniature``).
+learned, and whether the images match their prompts. What it does not show: anything about Stable Diffusion's
+image quality (see ``scfg_ext/miniature``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,13 +36,14 @@ from .miniature import world as W
 from .render import BG, INK, MUTED, draw_text, rate_map, region_map, token_labels
 from .settings import Settings
 
-SCENES = (3, 12, 14, 4)  # scenes of the evaluation stream shown by default (bench/quality.py's stream)
+SCENES = range(4)  # the first scenes of the evaluation stream (bench/quality.py's), none picked
+VERDICT = Path(__file__).with_name("miniature") / "verdict.json"  # bench/quality.py --tables V --json
 DEFAULTS = dict(steps=20, seed=0, cfg_scale=7.5, out="scfg_demo.png")
 
 ZOOM = 6  # image pixels per world pixel
 PANEL = W.SIZE * ZOOM
 MARGIN, GAP = 16, 14
-HEADER_H, PROMPT_H, TEXT_H, FOOTER_H = 80, 30, 20, 40
+HEADER_H, PROMPT_H, TEXT_H, FOOTER_H = 80, 30, 20, 58
 COLUMNS = ("the prompt's scene (truth)", "plain CFG", "S-CFG", "S-CFG's token regions",
            "exact masks of S-CFG's image", "S-CFG's rate")
 OK_COLOUR, BAD_COLOUR = (30, 120, 40), (170, 35, 35)
@@ -51,6 +59,7 @@ class DemoResult:
     steps_applied: int
     plain_ok: list[bool]
     scfg_ok: list[bool]
+    reasons: list[tuple[str, str]]  # per row: why the checker rejected the plain and the S-CFG image ("" if not)
     ious: list[list[float]]  # per row, each object's region IoU with the S-CFG image's colour mask
     timings: dict[str, float]
     out: Path
@@ -92,10 +101,12 @@ def run_demo(args: argparse.Namespace, mini: E.Miniature | None = None) -> DemoR
 
     checked = [s if s is not None else caption_scene(p) for s, p in zip(scenes, prompts, strict=True)]
     plain_rgb, scfg_rgb = MM.to_rgb(plain), MM.to_rgb(scfg)
-    plain_ok = [bool(W.check(plain_rgb[i], p)) for i, p in enumerate(prompts)]
-    scfg_ok = [bool(W.check(scfg_rgb[i], p)) for i, p in enumerate(prompts)]
+    plain_checks = [W.check(plain_rgb[i], p) for i, p in enumerate(prompts)]
+    scfg_checks = [W.check(scfg_rgb[i], p) for i, p in enumerate(prompts)]
+    plain_ok, scfg_ok = [bool(c) for c in plain_checks], [bool(c) for c in scfg_checks]
+    reasons = [("; ".join(a.reasons), "; ".join(b.reasons)) for a, b in zip(plain_checks, scfg_checks, strict=True)]
     ious = [E.scene_scores(middle, i, s, E.colour_masks(scfg_rgb[i], s)).objects for i, s in enumerate(checked)]
-    return DemoResult(prompts, scenes, plain, scfg, middle, len(guided), plain_ok, scfg_ok, ious, timings,
+    return DemoResult(prompts, scenes, plain, scfg, middle, len(guided), plain_ok, scfg_ok, reasons, ious, timings,
                       Path(args.out))
 
 
@@ -171,9 +182,39 @@ def draw_figure(result: DemoResult, mini: E.Miniature, args: argparse.Namespace)
         top += height
     foot = canvas.height - FOOTER_H + 10
     d.line([(MARGIN, foot - 6), (canvas.width - MARGIN, foot - 6)], fill=(200, 200, 200))
-    draw_text(canvas, (MARGIN, foot), "A miniature world and model trained here (bench/quality.py measures how well "
-              "the regions match the exact masks); not a claim about Stable Diffusion's images.", 13, MUTED)
+    headline = verdict_lines(mini.sha256)
+    text = headline[1] if headline else "no verdict recorded for these weights (bench/quality.py --tables V --json)"
+    draw_text(canvas, (MARGIN, foot), text, 13, INK)
+    draw_text(canvas, (MARGIN, foot + 20), "A miniature world and model trained here (docs/verdict.md); not a claim "
+              "about Stable Diffusion's images.", 13, MUTED)
     return canvas
+
+
+def verdict_lines(sha256: str | None, path: Path | None = None) -> list[str] | None:
+    """The stored verdict (``bench/quality.py --tables V --json``) for the weights ``sha256``, as lines: where it
+    came from, then the checker's accuracy plain vs S-CFG at CFG 7.5 and 12 with the paired interval of the
+    difference, then the colour-binding measure (shape ignored). None when none is stored for those weights."""
+    path = VERDICT if path is None else path
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("weights_sha256") != sha256:
+        return None
+
+    def cells(key: str) -> str:
+        out = []
+        for cfg in ("7.5", "12"):
+            r = record["cfg"].get(cfg, {}).get(key)
+            if r:
+                out.append(f"CFG {cfg}: plain {r['plain']:.0%}, S-CFG {r['scfg']:.0%} ({100 * r['diff']:+.1f} pt, "
+                           f"95% CI [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}], McNemar p={r['mcnemar_p']:.2g})")
+        return "; ".join(out)
+
+    return [f"verdict on {record['n']} held-out scenes (commit {record.get('commit')}, "
+            f"{record.get('command')}, {record.get('cpu_minutes')} CPU min):",
+            "checker accuracy " + cells("accuracy"),
+            "colours right, shape ignored " + cells("colour_scene")]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -227,9 +268,15 @@ def main(argv: Sequence[str] | None = None) -> DemoResult:
     result.out.parent.mkdir(parents=True, exist_ok=True)
     figure.save(result.out)
     result.timings["figure"] = time.perf_counter() - t
-    for prompt, a, b, iou in zip(result.prompts, result.plain_ok, result.scfg_ok, result.ious, strict=True):
-        print(f"{prompt!r}: plain CFG {'ok' if a else 'wrong'}, S-CFG {'ok' if b else 'wrong'}; region IoU "
-              + ", ".join(f"{v:.2f}" for v in iou))
+    if not args.prompt:
+        print(f"the first {len(SCENES)} scenes of the evaluation stream (none picked), CFG {args.cfg_scale:g}, "
+              f"{args.steps} Euler steps:")
+    for prompt, a, b, (why_a, why_b), iou in zip(result.prompts, result.plain_ok, result.scfg_ok, result.reasons,
+                                                 result.ious, strict=True):
+        print(f"{prompt!r}: plain CFG {'ok' if a else 'wrong (' + why_a + ')'}, "
+              f"S-CFG {'ok' if b else 'wrong (' + why_b + ')'}; region IoU " + ", ".join(f"{v:.2f}" for v in iou))
+    headline = verdict_lines(mini.sha256)
+    print("\n".join(headline) if headline else f"no verdict stored for these weights in {VERDICT}")
     print("timing: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
           + f"; total {time.perf_counter() - start:.1f}s")
     print(f"wrote {result.out.resolve()}")

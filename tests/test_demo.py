@@ -71,3 +71,26 @@ def test_help_names_the_options(capsys):
     text = capsys.readouterr().out
     for option in ("--prompt", "--steps", "--seed", "--cfg-scale", "--out", "--weights"):
         assert option in text
+
+
+def test_default_rows_are_the_first_scenes_of_the_evaluation_stream():
+    assert list(demo.SCENES) == [0, 1, 2, 3]
+
+
+def test_verdict_lines_come_from_the_record_of_the_loaded_weights(tmp_path):
+    record = {"weights_sha256": "abc", "commit": "1234567", "command": "bench/quality.py --tables V", "n": 200,
+              "cpu_minutes": 9.5,
+              "cfg": {cfg: {"accuracy": {"plain": 0.10, "scfg": 0.05, "diff": -0.05, "low": -0.09, "high": -0.015,
+                                         "only_plain": 12, "only_scfg": 2, "mcnemar_p": 0.013},
+                            "colour_scene": {"plain": 0.5, "scfg": 0.4, "diff": -0.1, "low": -0.16, "high": -0.04,
+                                             "only_plain": 30, "only_scfg": 10, "mcnemar_p": 0.002}}
+                      for cfg in ("3", "7.5", "12")}}
+    path = tmp_path / "verdict.json"
+    path.write_text(demo.json.dumps(record))
+    lines = demo.verdict_lines("abc", path)
+    assert "200 held-out scenes" in lines[0] and "1234567" in lines[0]
+    assert lines[1].startswith("checker accuracy CFG 7.5: plain 10%, S-CFG 5% (-5.0 pt, 95% CI [-9.0, -1.5]")
+    assert "CFG 12:" in lines[1] and "CFG 3:" not in lines[1]
+    assert "plain 50%, S-CFG 40%" in lines[2]
+    assert demo.verdict_lines("other weights", path) is None  # never another model's figures
+    assert demo.verdict_lines("abc", tmp_path / "missing.json") is None

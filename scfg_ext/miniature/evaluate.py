@@ -79,15 +79,18 @@ class _Recorder(torch.nn.Module):
     """A k-diffusion model around ``testbed.CFGModel`` that keeps each call's ``StepMaps`` (None when S-CFG
     did not guide that call)."""
 
-    def __init__(self, cfg_model, run: ScfgRun | None):
+    def __init__(self, cfg_model, run: ScfgRun | None, rates_only: bool = False):
         super().__init__()
-        self.cfg_model, self.run = cfg_model, run
+        self.cfg_model, self.run, self.rates_only = cfg_model, run, rates_only
         self.maps: list[StepMaps | None] = []
 
     def forward(self, x, sigma, **kwargs):
         out = self.cfg_model(x, sigma, **kwargs)
         if self.run is not None:
-            self.maps.append(self.run.last_maps)
+            maps = self.run.last_maps
+            if maps is not None and self.rates_only:  # a batch's regions at every step take gigabytes
+                maps = StepMaps({}, {}, maps.rate)
+            self.maps.append(maps)
             self.run.last_maps = None
         return out
 
@@ -129,16 +132,31 @@ def one_call(mini: Miniature, prompts: Sequence[str], x: torch.Tensor, sigma: fl
 
 def sample_recording(mini: Miniature, prompts: Sequence[str], seed: int, steps: int = 20, cfg_scale: float = 7.5,
                      settings: Settings | None = None, token_weights: dict | None = None,
-                     noise: torch.Tensor | None = None) -> tuple[torch.Tensor, list[StepMaps | None]]:
+                     noise: torch.Tensor | None = None, score_norms: list | None = None, rates_only: bool = False
+                     ) -> tuple[torch.Tensor, list[StepMaps | None]]:
     """Latents ``(B, 4, H, W)`` from Euler sampling (plain CFG when ``settings`` is None or disabled) and the
-    maps of every step S-CFG guided."""
+    maps of every step S-CFG ran (None for a step it did not guide; none at all for plain CFG); ``rates_only``:
+    the maps keep only the rate. ``score_norms``: a list that gets, per step, the per-pixel channel norm of the
+    classifier score ``cond - uncond`` of each image, ``(B, H, W)``."""
     from .. import testbed
+
+    if score_norms is not None:
+        def keep(module, args, output):
+            b = output.shape[0] // 2
+            score_norms.append(torch.linalg.vector_norm((output[:b] - output[b:]).float(), dim=1))
+
+        handle = mini.denoiser.register_forward_hook(keep)
+        try:
+            return sample_recording(mini, prompts, seed, steps, cfg_scale, settings, token_weights, noise,
+                                    rates_only=rates_only)
+        finally:
+            handle.remove()
 
     sampling, _ = testbed.import_k_diffusion()
     run = None
     if settings is not None and settings.enabled:
         run = mini.scfg_run(settings, keep_maps=True, token_weights=token_weights)
-    model = _Recorder(_cfg_model(mini, prompts, cfg_scale, run, steps), run)
+    model = _Recorder(_cfg_model(mini, prompts, cfg_scale, run, steps), run, rates_only)
     sigmas = mini.sigmas(steps)
     if noise is None:
         noise = torch.randn((len(prompts), 4, W.SIZE, W.SIZE), generator=torch.Generator().manual_seed(seed))
@@ -231,3 +249,97 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def mean(values: Sequence[float]) -> float:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------------
+# graded scores of a generated image (the verdict table)
+
+OVERSHOOT = 0.05  # an RGB value this far outside [0, 1] before clamping counts as over-saturated
+SHAPE_NAMES = (*W.SHAPES, "unknown")
+
+
+@dataclass
+class ImageScores:
+    """What the world's checker and palette say about one generated image of a scene."""
+
+    ok: bool  # the strict checker: every object with its colour and shape, nothing unprompted, the named ground
+    colour_present: list[bool]  # per prompted object: a blob of its colour (at least the minimum area)
+    shape_right: list[bool]  # per prompted object: a blob of its colour with its shape
+    ground_right: bool | None  # the dominant ground colour is the named one (None: the caption names none)
+    unprompted_blobs: int  # object-colour blobs beyond the prompted ones, and patches of a second ground colour
+    unprompted_pixels: float  # share of pixels nearest an object colour the prompt does not name
+    palette_distance: float  # mean RGB distance of the (clamped) pixels from their nearest palette colour
+    overshoot: float  # share of RGB values more than OVERSHOOT outside [0, 1] before clamping
+    overshoot_ground: float  # the same over the pixels nearest a ground colour
+    features: np.ndarray  # the image's colour and shape statistics (``image_features``)
+
+    @property
+    def all_colours(self) -> bool:
+        return all(self.colour_present)
+
+    @property
+    def colour_scene(self) -> bool:
+        """The checker with shape ignored: every prompted colour present, nothing unprompted, the named ground."""
+        return self.all_colours and self.unprompted_blobs == 0 and self.ground_right is not False
+
+
+def image_features(rgb: torch.Tensor, blobs: Sequence[W.Blob]) -> np.ndarray:
+    """Colour and shape statistics of an image (``(3, H, W)`` in [0, 1]) and its object blobs: the share of
+    pixels nearest each palette colour (7), the number of object blobs and of each shape among them (1 + 4),
+    and the mean distance of the pixels from their nearest palette colour (1). Exact for a true scene."""
+    labels = W.palette_labels(rgb)
+    names = list(W.COLOURS) + list(W.GROUNDS)
+    shares = np.bincount(labels.ravel(), minlength=len(names)) / labels.size
+    shapes = [sum(b.shape == s for b in blobs) for s in SHAPE_NAMES]
+    return np.array([*shares, len(blobs), *shapes, palette_distance(rgb)], dtype=np.float64)
+
+
+def palette_distance(rgb: torch.Tensor) -> float:
+    """Mean RGB distance of each pixel of ``rgb`` (``(3, H, W)``) from its nearest palette colour."""
+    a = rgb.detach().float().permute(1, 2, 0).reshape(-1, 3).numpy()
+    palette = np.array([*W.COLOURS.values(), *W.GROUNDS.values()], dtype=np.float32) / 255
+    return float(np.sqrt(((a[:, None] - palette[None]) ** 2).sum(-1)).min(1).mean())
+
+
+def score_image(raw: torch.Tensor, scene: W.Scene, min_area: int = W.MIN_AREA) -> ImageScores:
+    """Scores of a generated image of ``scene``; ``raw``: its RGB ``(3, H, W)`` before clamping to [0, 1]."""
+    rgb = raw.clamp(0, 1)
+    blobs, ground, foreign = W.find_blobs(rgb, min_area)
+    result = W.check(rgb, scene, scene.ground if scene.mention_ground else None, min_area)
+    prompted = {o.colour: o for o in scene.objects}
+    colour_present = [any(b.colour == o.colour for b in blobs) for o in scene.objects]
+    shape_right = [any(b.colour == o.colour and b.shape == o.shape for b in blobs) for o in scene.objects]
+    per_colour = {c: sum(b.colour == c for b in blobs) for c in W.COLOURS}
+    extra = sum(n - (1 if c in prompted else 0) for c, n in per_colour.items() if n > (1 if c in prompted else 0))
+    labels = W.palette_labels(rgb)
+    names = list(W.COLOURS)
+    unprompted = np.isin(labels, [names.index(c) for c in W.COLOURS if c not in prompted]).mean()
+    beyond = ((raw < -OVERSHOOT) | (raw > 1 + OVERSHOOT)).numpy()  # (3, H, W)
+    on_ground = labels >= len(W.COLOURS)
+    return ImageScores(
+        ok=bool(result), colour_present=colour_present, shape_right=shape_right,
+        ground_right=(ground == scene.ground) if scene.mention_ground else None,
+        unprompted_blobs=extra + len(foreign), unprompted_pixels=float(unprompted),
+        palette_distance=palette_distance(rgb), overshoot=float(beyond.mean()),
+        overshoot_ground=float(beyond[:, on_ground].mean()) if on_ground.any() else 0.0,
+        features=image_features(rgb, blobs))
+
+
+def true_features(scenes: Sequence[W.Scene], min_area: int = W.MIN_AREA) -> np.ndarray:
+    """``image_features`` of the scenes' true renders, ``(len(scenes), features)``."""
+    out = []
+    for s in scenes:
+        rgb = s.render()
+        out.append(image_features(rgb, W.find_blobs(rgb, min_area)[0]))
+    return np.stack(out)
+
+
+def score_spread(norms: torch.Tensor, masks: torch.Tensor, min_area: int = W.MIN_AREA) -> float | None:
+    """The paper's Figure-1 statistic for one image at one step: max / min over its regions (``masks``
+    ``(K, H, W)`` bool, those of at least ``min_area`` px) of the mean of ``norms`` (``(H, W)``); None with
+    fewer than two such regions."""
+    keep = masks.sum((1, 2)) >= min_area
+    if int(keep.sum()) < 2:
+        return None
+    means = region_norms(norms[None], masks[keep])
+    return float(means.max() / means.min().clamp_min(1e-12))
