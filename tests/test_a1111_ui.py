@@ -7,7 +7,7 @@ import math
 import types
 
 import pytest
-from webui_harness import ROOT, build_runner, load_webui, our_script, script_args, sd_model
+from webui_harness import ROOT, build_runner, load_webui, our_script, script_args, script_args_app, sd_model
 
 from scfg_ext.settings import FIELDS, Settings, SettingsError
 from scfg_ext.webui import api as scfg_api
@@ -723,18 +723,9 @@ def client(webui, api_module):
     """A FastAPI app with the WebUI's ``api_middleware`` (via ``Api(app)``), routes that run the script-args part
     of ``/sdapi/v1/txt2img`` and ``/sdapi/v1/script-info``, and ``on_app_started`` as the WebUI calls it."""
     pytest.importorskip("httpx")
-    from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    app = FastAPI()
-    api = api_module.Api(app, txt2img_runner=webui.txt2img, img2img_runner=webui.img2img)
-
-    @app.post("/sdapi/v1/txt2img")
-    def txt2img(body: dict):
-        args = api.script_args_for_request(api_module.SimpleRequest(**body))
-        script = our_script(webui.txt2img)
-        return {"scfg_args": list(args[script.args_from:script.args_to])}
-
+    app, api = script_args_app(webui, api_module)
     @app.get("/sdapi/v1/script-info", response_model=list[api_module.models.ScriptInfo])
     def script_info():
         return api.get_script_info()

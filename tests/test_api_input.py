@@ -14,7 +14,7 @@ import unicodedata
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from webui_harness import build_runner, load_webui, our_script, script_args, sd_model
+from webui_harness import build_runner, load_webui, script_args, script_args_app, sd_model
 
 from scfg_ext.settings import FIELD_BY_NAME, FIELDS, Settings, SettingsError
 from scfg_ext.webui import api as scfg_api
@@ -42,19 +42,10 @@ def client(webui):
     """A FastAPI app with the WebUI's ``api_middleware`` (``Api(app)``), a route running the script-args part of
     ``/sdapi/v1/txt2img`` (``init_script_args``, with our validator installed by ``on_app_started``)."""
     import modules.api.api as api_module
-    from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
     original = api_module.Api.init_script_args
-    app = FastAPI()
-    api = api_module.Api(app, txt2img_runner=webui.txt2img, img2img_runner=webui.img2img)
-
-    @app.post("/sdapi/v1/txt2img")
-    def txt2img(body: dict):
-        args = api.script_args_for_request(api_module.SimpleRequest(**body))
-        script = our_script(webui.txt2img)
-        return {"scfg_args": [repr(a) for a in args[script.args_from:script.args_to]]}
-
+    app, _ = script_args_app(webui, api_module, encode=lambda args: [repr(a) for a in args])
     webui.script_callbacks.app_started_callback(None, app)
     try:
         with TestClient(app, raise_server_exceptions=False) as c:

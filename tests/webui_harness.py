@@ -83,6 +83,24 @@ def our_script(runner):
     return next(s for s in runner.alwayson_scripts if s.title() == "S-CFG")
 
 
+def script_args_app(webui, api_module, encode=list):
+    """A FastAPI app with the WebUI's ``api_middleware`` (``Api(app)``) and a ``/sdapi/v1/txt2img`` route that runs
+    only the script-args part of the request (``init_script_args``) and answers S-CFG's slice, ``encode``d.
+    Returns ``(app, api)``."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    api = api_module.Api(app, txt2img_runner=webui.txt2img, img2img_runner=webui.img2img)
+
+    @app.post("/sdapi/v1/txt2img")
+    def txt2img(body: dict):
+        args = api.script_args_for_request(api_module.SimpleRequest(**body))
+        script = our_script(webui.txt2img)
+        return {"scfg_args": encode(args[script.args_from:script.args_to])}
+
+    return app, api
+
+
 def script_args(runner, **overrides):
     """All components' default values (``p.script_args`` as the UI sends it), with S-CFG values by name."""
     from scfg_ext.settings import FIELDS
