@@ -524,11 +524,12 @@ def table_verdict(runs: Runs, reference, started: float) -> dict:
     print(f"\n(sampling and scoring: {cpu:.1f} CPU minutes; since start {(time.process_time() - started) / 60:.1f})")
     headline = {}
     for cfg, rows in results.items():
-        acc, colour = rows["checker accuracy (whole scene)"], rows["colour scene right (shape ignored)"]
         headline[f"{cfg:g}"] = {
             key: {"plain": r.diff.a, "scfg": r.diff.b, "diff": r.diff.diff, "low": r.diff.low, "high": r.diff.high,
                   "only_plain": r.discordant[0], "only_scfg": r.discordant[1], "mcnemar_p": r.mcnemar}
-            for key, r in (("accuracy", acc), ("colour_scene", colour))}
+            for key, r in (("accuracy", rows["checker accuracy (whole scene)"]),
+                           ("all_colours", rows["all prompted colours present"]),
+                           ("colour_scene", rows["colour scene right (shape ignored)"]))}
     return headline
 
 

@@ -71,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-snr", type=float, default=0.0,
                    help="min-SNR-gamma loss weighting (Hang et al. 2023): each sample's eps loss times "
                         "min(SNR, gamma) / SNR, against the drift at high noise (0: plain eps MSE, SD's objective)")
+    p.add_argument("--x0-floor", type=float, default=0.0,
+                   help="each sample's eps loss times max(1, floor / SNR): the clean-image error weighs at least "
+                        "`floor` at every noise level (eps MSE weighs it SNR, ~0.005 at pure noise; v-prediction's "
+                        "loss weighs it SNR + 1). Large grounds decide their colour at high noise, so an eps model "
+                        "learns to read them from the noise instead of the ground word (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=int, default=None, help="override the U-Net's model_channels")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
@@ -225,6 +230,16 @@ class Grounding:
         return {k: torch.stack(v).mean() for k, v in out.items() if v}
 
 
+def loss_weight(signal: torch.Tensor, args) -> torch.Tensor:
+    """Per-sample weight of the eps MSE at ``signal = alphas_cumprod[t]``: 1 (SD's objective), min-SNR-gamma's
+    ``min(SNR, gamma) / SNR`` with ``--min-snr``, raised to ``floor / SNR`` where that is more with
+    ``--x0-floor`` (an eps error is a clean-image error divided by sigma, so this floors the clean image's
+    weight at ``floor``)."""
+    snr = signal / (1 - signal)
+    weight = snr.clamp(max=args.min_snr) / snr if args.min_snr > 0 else torch.ones_like(snr)
+    return torch.maximum(weight, args.x0_floor / snr) if args.x0_floor > 0 else weight
+
+
 def lr_at(step: int, args) -> float:
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
@@ -271,7 +286,7 @@ def sample_check(text_encoder, net, tokenizer, n: int, seed: int = 12345, png: s
 
 # the arguments a resumed piece must share with the run it continues (the rest: threads, logging, when to stop)
 RUN_ARGS = ("arch", "steps", "batch", "lr", "min_lr", "warmup", "weight_decay", "ema", "dropout", "grounding",
-            "word_share", "min_snr", "seed", "channels", "bf16")
+            "word_share", "min_snr", "x0_floor", "seed", "channels", "bf16")
 
 
 def save_state(path: Path, step: int, minutes: float, modules: dict, opt, g: torch.Generator, args, config) -> None:
@@ -289,7 +304,8 @@ def load_state(path: Path, modules: dict, opt, g: torch.Generator, args, config)
     state = torch.load(path, weights_only=False)  # our own file: tensors, dicts and the generator states
     if state["config"] != config:
         raise SystemExit(f"--resume {path}: its model config differs from this run's")
-    changed = [k for k in RUN_ARGS if state["args"][k] != getattr(args, k)]
+    defaults = vars(parser().parse_args([]))  # a state written before an argument existed ran its default
+    changed = [k for k in RUN_ARGS if state["args"].get(k, defaults[k]) != getattr(args, k)]
     if changed:
         raise SystemExit(f"--resume {path}: run with the arguments it was started with; differs in "
                          + ", ".join(f"--{k.replace('_', '-')} ({state['args'][k]} there, {getattr(args, k)} here)"
@@ -383,12 +399,8 @@ def main(argv=None) -> None:
         with autocast():
             context = text_encoder(ids)
             eps = net(xt, t, context=context)
-        if args.min_snr > 0:
-            snr = (a / (1 - a)).view(-1)
-            per_sample = (eps.float() - noise).pow(2).mean((1, 2, 3))
-            loss = diffusion = (per_sample * snr.clamp(max=args.min_snr) / snr).mean()
-        else:
-            loss = diffusion = torch.nn.functional.mse_loss(eps.float(), noise)
+        per_sample = (eps.float() - noise).pow(2).mean((1, 2, 3))
+        loss = diffusion = (per_sample * loss_weight(a.view(-1), args)).mean()
         if grounding is not None:
             parts = grounding.loss(*grounding.targets(scenes, ids.shape[1]), a.view(-1), ~drop)
             for k, v in parts.items():

@@ -193,7 +193,8 @@ def draw_figure(result: DemoResult, mini: E.Miniature, args: argparse.Namespace)
 def verdict_lines(sha256: str | None, path: Path | None = None) -> list[str] | None:
     """The stored verdict (``bench/quality.py --tables V --json``) for the weights ``sha256``, as lines: where it
     came from, then the checker's accuracy plain vs S-CFG at CFG 7.5 and 12 with the paired interval of the
-    difference, then the colour-binding measure (shape ignored). None when none is stored for those weights."""
+    difference, then the colour-binding measures (every prompted colour present; the colours right, shapes
+    ignored). None when none is stored for those weights; a measure the record lacks prints no figures."""
     path = VERDICT if path is None else path
     try:
         record = json.loads(path.read_text())
@@ -214,6 +215,7 @@ def verdict_lines(sha256: str | None, path: Path | None = None) -> list[str] | N
     return [f"verdict on {record['n']} held-out scenes (commit {record.get('commit')}, "
             f"{record.get('command')}, {record.get('cpu_minutes')} CPU min):",
             "checker accuracy " + cells("accuracy"),
+            "all prompted colours present " + cells("all_colours"),
             "colours right, shape ignored " + cells("colour_scene")]
 
 

@@ -82,6 +82,8 @@ def test_verdict_lines_come_from_the_record_of_the_loaded_weights(tmp_path):
               "cpu_minutes": 9.5,
               "cfg": {cfg: {"accuracy": {"plain": 0.10, "scfg": 0.05, "diff": -0.05, "low": -0.09, "high": -0.015,
                                          "only_plain": 12, "only_scfg": 2, "mcnemar_p": 0.013},
+                            "all_colours": {"plain": 0.7, "scfg": 0.55, "diff": -0.15, "low": -0.2, "high": -0.1,
+                                            "only_plain": 30, "only_scfg": 4, "mcnemar_p": 6e-6},
                             "colour_scene": {"plain": 0.5, "scfg": 0.4, "diff": -0.1, "low": -0.16, "high": -0.04,
                                              "only_plain": 30, "only_scfg": 10, "mcnemar_p": 0.002}}
                       for cfg in ("3", "7.5", "12")}}
@@ -91,6 +93,7 @@ def test_verdict_lines_come_from_the_record_of_the_loaded_weights(tmp_path):
     assert "200 held-out scenes" in lines[0] and "1234567" in lines[0]
     assert lines[1].startswith("checker accuracy CFG 7.5: plain 10%, S-CFG 5% (-5.0 pt, 95% CI [-9.0, -1.5]")
     assert "CFG 12:" in lines[1] and "CFG 3:" not in lines[1]
-    assert "plain 50%, S-CFG 40%" in lines[2]
+    assert lines[2].startswith("all prompted colours present CFG 7.5: plain 70%, S-CFG 55% (-15.0 pt")
+    assert "plain 50%, S-CFG 40%" in lines[3]
     assert demo.verdict_lines("other weights", path) is None  # never another model's figures
     assert demo.verdict_lines("abc", tmp_path / "missing.json") is None

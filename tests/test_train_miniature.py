@@ -71,3 +71,30 @@ def test_word_share_loss_asks_each_named_word_for_its_share(train):
         losses[target] = float(parts["share"])
     assert losses[1 / 77] == pytest.approx(0, abs=1e-6)
     assert losses[2 / 77] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_loss_weights_floor_the_clean_image_error(train):
+    """An eps error is the clean-image error divided by sigma, so plain eps MSE weighs the clean image by the SNR;
+    ``--x0-floor f`` raises that weight to at least ``f`` and leaves the levels above it alone."""
+    args = train.parser().parse_args(["--x0-floor", "0.5"])
+    signal = torch.tensor([0.9, 0.5, 0.2, 0.01])  # SNR 9, 1, 0.25, 1/99
+    snr = signal / (1 - signal)
+    weight = train.loss_weight(signal, args)
+    assert torch.allclose(weight, torch.tensor([1.0, 1.0, 2.0, 49.5]))
+    assert torch.all(weight * snr >= 0.5 - 1e-6)  # the clean image's weight
+    plain = train.loss_weight(signal, train.parser().parse_args([]))
+    assert torch.equal(plain, torch.ones(4))
+    min_snr = train.loss_weight(signal, train.parser().parse_args(["--min-snr", "5", "--x0-floor", "0.5"]))
+    assert torch.allclose(min_snr, torch.tensor([5 / 9, 1.0, 2.0, 49.5]))
+
+
+def test_a_state_from_before_an_argument_existed_resumes_with_its_default(train, tmp_path):
+    train.main([*RUN, "--out", str(tmp_path / "a.safetensors"), "--state", str(tmp_path / "a.pt"), "--stop-at", "1"])
+    state = torch.load(tmp_path / "a.pt", weights_only=False)
+    del state["args"]["x0_floor"]
+    torch.save(state, tmp_path / "a.pt")
+    train.main([*RUN, "--out", str(tmp_path / "a.safetensors"), "--resume", str(tmp_path / "a.pt"), "--stop-at", "2"])
+    assert torch.load(tmp_path / "a.pt", weights_only=False)["step"] == 2
+    with pytest.raises(SystemExit, match="--x0-floor"):
+        train.main([*RUN, "--x0-floor", "0.3", "--out", str(tmp_path / "a.safetensors"), "--resume",
+                    str(tmp_path / "a.pt")])
