@@ -217,9 +217,12 @@ def test_a_broken_capture_fails_the_thresholds(mini, request, seen, monkeypatch,
     run = (forge_img2img, "forge") if is_dit(mini) else (a1111_img2img, "a1111")
     run[0](request.getfixturevalue(run[1]), [[(c, 1.0)] for c in cond], uncond, scenes)
     scores = batch_scores(mini, seen, scenes)
-    objects = [v for s in scores for v in s.objects]
+    # the objects' and the named ground's regions: trained to share an object's cells, its colour and shape words
+    # survive a shift by one word (U-Net 507720d0: objects 0.50/0.30/0.33/0.36 right, 0.46/0.27/0.23/0.43 shifted),
+    # the ground word does not (0.59 right, 0.00 shifted: "on" is its neighbour)
+    regions = [v for s in scores for v in s.objects] + [s.ground for s in scores if s.ground is not None]
     with pytest.raises(AssertionError):
-        assert_semantic(mini, objects)
+        assert_semantic(mini, regions)
 
 
 # ------------------------------------------------------------------------------------------------------

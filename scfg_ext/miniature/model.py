@@ -40,7 +40,7 @@ EOT = "<|endoftext|>"
 END_OF_WORD = "</w>"
 WEIGHTS = Path(__file__).with_name("unet.safetensors")
 # sha256 of the committed WEIGHTS; bench/train_miniature.py --register writes it here
-WEIGHTS_SHA256: str | None = "f96f5b4fd4c1cc196dd733657e56eab77e55a1aef494b1bb6d5079be1f495ea7"
+WEIGHTS_SHA256: str | None = "507720d0bfa889e76fac00b68ff7abb7f4b2f3ed22734cecba56bb3929f77c23"
 LATENT_MAP = "rgb2x-1+zero"  # the latent map's name, stored with the weights
 
 DEFAULT_CONFIG: dict = {
