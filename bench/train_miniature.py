@@ -305,10 +305,11 @@ def load_state(path: Path, modules: dict, opt, g: torch.Generator, args, config)
     if state["config"] != config:
         raise SystemExit(f"--resume {path}: its model config differs from this run's")
     defaults = vars(parser().parse_args([]))  # a state written before an argument existed ran its default
-    changed = [k for k in RUN_ARGS if state["args"].get(k, defaults[k]) != getattr(args, k)]
+    there = {k: state["args"].get(k, defaults[k]) for k in RUN_ARGS}
+    changed = [k for k in RUN_ARGS if there[k] != getattr(args, k)]
     if changed:
         raise SystemExit(f"--resume {path}: run with the arguments it was started with; differs in "
-                         + ", ".join(f"--{k.replace('_', '-')} ({state['args'][k]} there, {getattr(args, k)} here)"
+                         + ", ".join(f"--{k.replace('_', '-')} ({there[k]} there, {getattr(args, k)} here)"
                                      for k in changed))
     for k, m in modules.items():
         m.load_state_dict(state["modules"][k])

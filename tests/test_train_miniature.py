@@ -93,8 +93,8 @@ def test_a_state_from_before_an_argument_existed_resumes_with_its_default(train,
     state = torch.load(tmp_path / "a.pt", weights_only=False)
     del state["args"]["x0_floor"]
     torch.save(state, tmp_path / "a.pt")
-    train.main([*RUN, "--out", str(tmp_path / "a.safetensors"), "--resume", str(tmp_path / "a.pt"), "--stop-at", "2"])
-    assert torch.load(tmp_path / "a.pt", weights_only=False)["step"] == 2
-    with pytest.raises(SystemExit, match="--x0-floor"):
+    with pytest.raises(SystemExit, match=r"--x0-floor \(0.0 there, 0.3 here\)"):
         train.main([*RUN, "--x0-floor", "0.3", "--out", str(tmp_path / "a.safetensors"), "--resume",
                     str(tmp_path / "a.pt")])
+    train.main([*RUN, "--out", str(tmp_path / "a.safetensors"), "--resume", str(tmp_path / "a.pt"), "--stop-at", "2"])
+    assert torch.load(tmp_path / "a.pt", weights_only=False)["step"] == 2
