@@ -26,16 +26,13 @@ if str(ROOT) not in sys.path:
 
 from ldm.modules.diffusionmodules.util import make_beta_schedule  # noqa: E402
 
+from bench.quality import swap_word  # noqa: E402
+from bench.train_miniature import attention_probs  # noqa: E402
 from scfg_ext.miniature import evaluate as E  # noqa: E402
 from scfg_ext.miniature import model as MM  # noqa: E402
 from scfg_ext.miniature import world as W  # noqa: E402
 
 TIMESTEPS = (999, 950, 900, 800, 600)
-
-
-def swapped(scene: W.Scene) -> str:
-    grounds = list(W.GROUNDS)
-    return " ".join([*scene.words()[:-1], grounds[(grounds.index(scene.ground) + 1) % len(grounds)]])
 
 
 def main(argv=None) -> None:
@@ -51,7 +48,8 @@ def main(argv=None) -> None:
     scenes = [sc for sc in W.scenes(E.EVAL_STREAM, 10 * args.n) if sc.mention_ground][: args.n]
     x0 = MM.to_latent(torch.stack([sc.render() for sc in scenes]))
     ground = torch.stack([sc.masks()[-1] for sc in scenes])[:, None].float()
-    captions = {"right": [sc.caption for sc in scenes], "swapped": [swapped(sc) for sc in scenes],
+    position = torch.tensor([len(sc.words()) for sc in scenes])  # the ground word's, after the start token
+    captions = {"right": [sc.caption for sc in scenes], "swapped": [swap_word(sc, "ground") for sc in scenes],
                 "empty": [""] * len(scenes)}
     seen: dict[str, dict] = {}
     for name, m in net.named_modules():
@@ -75,14 +73,9 @@ def main(argv=None) -> None:
             clean = (xt - (1 - a).sqrt() * eps) / a.sqrt()
             errors[key] = (((clean - x0)[:, :3] ** 2 * ground).sum() / (3 * ground.sum())).sqrt().item()
             if key == "right":
-                position = torch.tensor([len(sc.words()) for sc in scenes])  # after the start token
                 for d in seen.values():
-                    q, k, h = d["q"], d["k"], d["h"]
-                    b, n, c = q.shape
-                    probs = (torch.einsum("bhsd,bhtd->bhst", q.view(b, n, h, -1).transpose(1, 2),
-                                          k.view(b, -1, h, c // h).transpose(1, 2)) * (c // h) ** -0.5)
-                    probs = probs.softmax(-1).mean(1)[torch.arange(b), :, position]  # (B, S)
-                    cells = W.grid_fractions(ground, math.isqrt(n)).flatten(1)
+                    probs = attention_probs(d["q"], d["k"], d["h"])[torch.arange(len(scenes)), :, position]
+                    cells = W.grid_fractions(ground, math.isqrt(probs.shape[1])).flatten(1)
                     shares.append(f"{((probs * cells).sum() / cells.sum()).item():.2f}")
         sigma = ((1 - a) / a).sqrt().item()
         print(f"| {t} | {sigma:.2f} | {errors['right']:.3f} | {errors['swapped']:.3f} | {errors['empty']:.3f} | "

@@ -101,6 +101,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, S, T)`` attention probabilities averaged over heads from projected queries ``(B, S, C)`` and keys
+    ``(B, T, C)``, over these keys only (as the capture normalises a map), in float32."""
+    q, k = q.float(), k.float()
+    b, n, c = q.shape
+    sim = torch.einsum("bhsd,bhtd->bhst", q.view(b, n, heads, c // heads).transpose(1, 2),
+                       k.view(b, -1, heads, c // heads).transpose(1, 2)) * (c // heads) ** -0.5
+    return sim.softmax(-1).mean(1)
+
+
 class Grounding:
     """Attention grounding losses on the attention layers of ``net`` that S-CFG reads, probabilities averaged over
     heads. The maps: the U-Net's ``attn2`` (cross) and ``attn1`` (self) modules from their ``to_q``/``to_k``; the
@@ -190,11 +200,7 @@ class Grounding:
 
     def _probs(self, key) -> torch.Tensor:
         seen = self.seen[key]
-        q, k, h = seen["q"].float(), seen["k"].float(), seen["heads"]
-        b, n, c = q.shape
-        sim = torch.einsum("bhsd,bhtd->bhst", q.view(b, n, h, c // h).transpose(1, 2),
-                           k.view(b, -1, h, c // h).transpose(1, 2)) * (c // h) ** -0.5
-        return sim.softmax(-1).mean(1)  # (B, S, T): over this map's own keys, as the capture normalises it
+        return attention_probs(seen["q"], seen["k"], seen["heads"])
 
     def loss(self, words, named, segments, signal, captioned) -> dict[str, torch.Tensor]:
         """``signal (B,)``: ``alphas_cumprod[t]``; ``captioned (B,)`` bool: the caption was not dropped."""
